@@ -1,0 +1,1 @@
+"""The AI side of a call: DSP front end, STT, LLM, TTS, the agent turn loop and memory."""
