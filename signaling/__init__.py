@@ -1,0 +1,1 @@
+"""Signaling: the aiohttp HTTP/WebSocket API, auth, and the web page."""

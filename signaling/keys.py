@@ -1,0 +1,15 @@
+"""Typed keys of the per-worker resources stored on the aiohttp application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from media_server.manager import CallManager
+from parley.config import Settings
+from personas import Persona
+from signaling.auth import TokenIssuer
+
+SETTINGS = web.AppKey("settings", Settings)
+CALLS = web.AppKey("calls", CallManager)
+TOKENS = web.AppKey("tokens", TokenIssuer)
+PERSONAS = web.AppKey("personas", dict[str, Persona])

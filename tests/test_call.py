@@ -1,0 +1,91 @@
+"""Real WebRTC calls (aiortc client ↔ Parley server over loopback) with the echo persona."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from media_server.client import CallClient, speech_end_offset
+from pipeline.audio import FRAME_10MS, RATE, rms_dbfs
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+def voiced_span(pcm: np.ndarray, threshold: float = -45.0) -> float:
+    """Seconds from the first to the end of the last 10 ms frame above ``threshold`` dBFS."""
+    frames = pcm[: pcm.size - pcm.size % FRAME_10MS].reshape(-1, FRAME_10MS)
+    loud = [i for i, f in enumerate(frames) if rms_dbfs(f) > threshold]
+    return (loud[-1] - loud[0] + 1) * FRAME_10MS / RATE if loud else 0.0
+
+
+def onset_offset(pcm: np.ndarray, threshold: float = -40.0) -> float:
+    frames = pcm[: pcm.size - pcm.size % FRAME_10MS].reshape(-1, FRAME_10MS)
+    return next(i for i, f in enumerate(frames) if rms_dbfs(f) > threshold) * FRAME_10MS / RATE
+
+
+async def say_and_wait_reply(client: CallClient, pcm: np.ndarray) -> tuple[float, float]:
+    """Say ``pcm``; returns (end of speech sent, first voiced reply frame received)."""
+    since = time.monotonic()
+    playback = client.say(pcm)
+    await playback.done
+    t_end = playback.started_at + speech_end_offset(pcm)
+    await client.wait_event(lambda e: e["type"] == "tts-start", timeout=15, since=since)
+    for _ in range(200):
+        voiced = client.voiced_between(t_end)
+        if voiced:
+            return t_end, voiced[0].t
+        await asyncio.sleep(0.01)
+    raise AssertionError("tts-start came but no voiced audio was received")
+
+
+async def test_echo_reply_matches_input(url: str, speech: Callable[..., np.ndarray]) -> None:
+    pcm = speech(SENTENCE)
+    async with CallClient(url, "echo") as client:
+        t_end, t_reply = await say_and_wait_reply(client, pcm)
+        await client.wait_event(lambda e: e["type"] == "tts-end", timeout=20)
+        await asyncio.sleep(0.3)
+        reply = client.audio_between(t_reply - 0.05, time.monotonic())
+        states = [e["state"] for _, e in client.events if e["type"] == "turn"]
+    assert voiced_span(reply) > 0.5, "the echoed reply is silent"
+    assert abs(voiced_span(reply) - voiced_span(pcm)) <= 0.1 * voiced_span(pcm)
+    assert states[:3] == ["listening", "speaking", "listening"]
+    assert 0 < t_reply - t_end < 2.0
+
+
+async def test_barge_in_stops_reply_quickly(url: str, speech: Callable[..., np.ndarray]) -> None:
+    long_pcm = speech(SENTENCE + " " + SENTENCE)
+    interruption = speech("Wait, stop right there please.")
+    async with CallClient(url, "echo") as client:
+        _, t_reply = await say_and_wait_reply(client, long_pcm)
+        await asyncio.sleep(0.6)  # the echo is now playing
+        since = time.monotonic()
+        playback = client.say(interruption)
+        interrupted = await client.wait_event(lambda e: e["type"] == "interrupted", 10, since)
+        await asyncio.sleep(0.4)
+        t_onset = playback.started_at + onset_offset(interruption)
+        after = client.voiced_between(t_onset, t_onset + 0.9)
+    stop_ms = ((after[-1].t + 0.01) - t_onset) * 1000 if after else 0.0
+    print(f"barge-in: reply stopped {stop_ms:.0f} ms after speech onset (client clock)")
+    assert interrupted["heard_text"] == ""  # echo has no text; the field is present
+    assert stop_ms <= 150
+
+
+async def test_short_burst_does_not_interrupt(url: str, speech: Callable[..., np.ndarray]) -> None:
+    pcm = speech(SENTENCE)
+    rng = np.random.default_rng(7)
+    cough = (rng.standard_normal(RATE // 10) * 6000).astype(np.int16)  # 100 ms burst
+    async with CallClient(url, "echo") as client:
+        since = time.monotonic()
+        _, t_reply = await say_and_wait_reply(client, pcm)
+        await asyncio.sleep(0.5)
+        client.say(cough)
+        await client.wait_event(lambda e: e["type"] == "tts-end", timeout=20, since=since)
+        await asyncio.sleep(0.3)
+        kinds = [e["type"] for t, e in client.events if t >= since]
+        reply = client.audio_between(t_reply - 0.05, time.monotonic())
+    assert "interrupted" not in kinds
+    # the whole echo still arrives (paused for the burst, then resumed)
+    assert voiced_span(reply) >= 0.9 * voiced_span(pcm)
