@@ -89,3 +89,29 @@ async def test_short_burst_does_not_interrupt(url: str, speech: Callable[..., np
     assert "interrupted" not in kinds
     # the whole echo still arrives (paused for the burst, then resumed)
     assert voiced_span(reply) >= 0.9 * voiced_span(pcm)
+
+
+async def test_whip_post_and_delete(server, speech: Callable[..., np.ndarray]) -> None:
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from media_server.agent_track import AgentTrack
+    from signaling.keys import CALLS
+
+    runner, url = server
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(AgentTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/whip?persona=echo", data=pc.localDescription.sdp,
+                             headers={"Content-Type": "application/sdp"}) as r:
+            assert r.status == 201 and r.content_type == "application/sdp"
+            location = r.headers["Location"]
+            await pc.setRemoteDescription(RTCSessionDescription(await r.text(), "answer"))
+        assert len(runner.app[CALLS].calls) == 1
+        async with http.delete(f"{url}{location}") as r:
+            assert r.status == 204
+        async with http.delete(f"{url}{location}") as r:
+            assert r.status == 404
+    assert not runner.app[CALLS].calls
+    await pc.close()
