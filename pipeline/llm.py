@@ -8,7 +8,7 @@ HTTP stream (remote) so the CPU/quota is not spent on words nobody will hear.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 
@@ -29,7 +29,7 @@ class LLM(ABC):
     name: str = "llm"
 
     @abstractmethod
-    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[str]:
+    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncGenerator[str, None]:
         """Yield text pieces (tokens) as they are generated."""
 
     def count_tokens(self, text: str) -> int:

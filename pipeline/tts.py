@@ -7,7 +7,7 @@ first clause; closing the iterator (barge-in) must stop synthesis promptly.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
@@ -18,5 +18,5 @@ class TTS(ABC):
     @abstractmethod
     def synthesize(
         self, text: str, *, voice: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncGenerator[np.ndarray, None]:
         """Yield 48 kHz mono int16 chunks of ``text`` spoken; ``speed`` > 1 speaks faster."""

@@ -159,7 +159,7 @@ class VoiceAgent(Agent):
                     timer.mark("first_piece")
                     pieces.put_nowait(piece)
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         for piece in chunker.flush():
             timer.mark("first_piece")
             pieces.put_nowait(piece)
@@ -181,7 +181,7 @@ class VoiceAgent(Agent):
                         self.emit({"type": "tts-start"})
                         self.set_state("speaking")
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
         if last is not None:
             await last.done
         first = self._spoken[0].playouts[0].started_at if self._spoken and self._spoken[0].playouts else None

@@ -43,7 +43,8 @@ def run_worker(settings: Settings, reuse_port: bool = False) -> None:
     from signaling.app import create_app
 
     configure_logging(settings)
-    _install_uvloop()
+    if settings.uvloop:
+        _install_uvloop()
     app = create_app(settings)
     logger.info("worker %d serving on http://%s:%d", os.getpid(), settings.host, settings.port)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port,

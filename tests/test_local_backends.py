@@ -30,17 +30,23 @@ THREE_SENTENCES = "The first sentence is here. The second one follows it. And th
 
 @pytest.fixture(scope="module")
 def stt() -> WhisperSTT:
-    return registry.get("stt", "local", SETTINGS)
+    backend = registry.get("stt", "local", SETTINGS)
+    assert isinstance(backend, WhisperSTT)
+    return backend
 
 
 @pytest.fixture(scope="module")
 def llm() -> LlamaLLM:
-    return registry.get("llm", "local", SETTINGS)
+    backend = registry.get("llm", "local", SETTINGS)
+    assert isinstance(backend, LlamaLLM)
+    return backend
 
 
 @pytest.fixture(scope="module")
 def tts() -> PiperTTS:
-    return registry.get("tts", "local", SETTINGS)
+    backend = registry.get("tts", "local", SETTINGS)
+    assert isinstance(backend, PiperTTS)
+    return backend
 
 
 def word_list(text: str) -> list[str]:
@@ -107,9 +113,12 @@ async def test_a_queued_stream_that_is_abandoned_never_runs() -> None:
         ran.append("queued")
         yield "never"
 
+    async def first_of_queued() -> str:
+        return await anext(worker.stream(queued, ahead=4))
+
     first = worker.stream(blocking, ahead=4)
     assert await anext(first) == "first"
-    waiting = asyncio.create_task(anext(worker.stream(queued, ahead=4)), name="test-queued")
+    waiting = asyncio.create_task(first_of_queued(), name="test-queued")
     await asyncio.sleep(0)  # let the second stream submit its job behind the first
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -140,7 +149,9 @@ async def test_espeak_speech_interim_and_final(
     assert set(word_list(interim)) & {"please", "tell", "me", "a", "story"}, interim
 
 
-async def test_short_real_answer_is_kept(stt: WhisperSTT, speech: Callable[[str], np.ndarray]) -> None:
+async def test_short_real_answer_is_kept(
+    stt: WhisperSTT, speech: Callable[[str], np.ndarray]
+) -> None:
     assert "okay" in word_list(await stt.transcribe(speech("Okay."), final=True))
 
 

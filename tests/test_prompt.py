@@ -42,7 +42,8 @@ def cost(messages: list[Message], count: Callable[[str], int]) -> int:
 @pytest.fixture(scope="module")
 def model_count() -> Callable[[str], int]:
     """The local LLM's real tokenizer."""
-    return registry.get("llm", "local", Settings(llm="local")).count_tokens
+    count: Callable[[str], int] = registry.get("llm", "local", Settings(llm="local")).count_tokens
+    return count
 
 
 def check_trimmed(history: list[Message], messages: list[Message]) -> None:
@@ -56,7 +57,9 @@ def check_trimmed(history: list[Message], messages: list[Message]) -> None:
 def test_budget_respected_with_simple_count(budget: int) -> None:
     persona = get_persona("socrates")
     history = conversation(8)
-    messages = build_messages(persona, history, "And courage?", budget_tokens=budget, count_tokens=words)
+    messages = build_messages(
+        persona, history, "And courage?", budget_tokens=budget, count_tokens=words
+    )
     fixed = cost([messages[0], messages[-1]], words)
     assert cost(messages, words) <= max(budget, fixed)
     check_trimmed(history, messages)
@@ -87,9 +90,7 @@ def test_everything_fits_when_budget_is_large() -> None:
 
 def test_system_and_user_kept_even_over_budget() -> None:
     persona = get_persona("socrates")
-    messages = build_messages(
-        persona, conversation(2), "Why?", budget_tokens=1, count_tokens=words
-    )
+    messages = build_messages(persona, conversation(2), "Why?", budget_tokens=1, count_tokens=words)
     assert [m.role for m in messages] == ["system", "user"]
     assert messages[0].content.startswith(persona.system_prompt)
     assert messages[-1].content == "Why?"
