@@ -25,6 +25,7 @@ import numpy as np
 
 from parley import metrics
 from parley.config import Settings
+from pipeline.dsp.base import FrameMeta
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.turn import TurnDetector, TurnEvent, TurnEventKind
 
@@ -66,6 +67,7 @@ class Agent:
             eot_silence_ms=settings.eot_silence_ms, confirm_ms=settings.barge_in_min_ms
         )
         self.state = "listening"
+        self.last_meta: FrameMeta | None = None
         self.emotion: float | None = None
         self.plot_node: str | None = None
         self._reply: asyncio.Task[None] | None = None
@@ -75,6 +77,7 @@ class Agent:
     def on_frame(self, pcm: np.ndarray, t: float) -> None:
         """One inbound 10 ms frame (48 kHz mono int16); hot path, synchronous."""
         clean, meta = self.chain.process(pcm, t)
+        self.last_meta = meta
         turn_event = self.turns.push(clean, meta)
         if turn_event is not None:
             self._on_turn_event(turn_event)

@@ -23,6 +23,14 @@ ABBREVIATIONS = frozenset(
 )
 #: Words required before a clause boundary may end the first piece.
 FIRST_CLAUSE_MIN_WORDS = 4
+#: The first piece is cut at a phrase boundary (before one of these words) once it has
+#: FIRST_CLAUSE_MIN_WORDS words, and after FIRST_PIECE_MAX_WORDS words at the latest: a
+#: model that writes a long first sentence must not hold back the first audio.
+PHRASE_STARTS = frozenset(
+    {"and", "but", "or", "so", "because", "that", "which", "who", "when", "where", "while",
+     "if", "though", "although", "since", "until", "unless", "whether"}
+)
+FIRST_PIECE_MAX_WORDS = 9
 #: A piece longer than this is cut at its last space even without punctuation, so a
 #: model that never punctuates still gets spoken.
 MAX_CHARS = 240
@@ -78,7 +86,7 @@ class SentenceChunker:
         """Index just past the first boundary in the buffer, or None to keep waiting."""
         candidates = [self._sentence_cut(), self._newline_cut(), self._long_cut()]
         if not self._spoke:
-            candidates.append(self._clause_cut())
+            candidates += [self._clause_cut(), self._phrase_cut()]
         found = [c for c in candidates if c is not None]
         return min(found) if found else None
 
@@ -103,6 +111,16 @@ class SentenceChunker:
         for match in _CLAUSE_END.finditer(self._buffer):
             if len(self._buffer[: match.start()].split()) >= FIRST_CLAUSE_MIN_WORDS:
                 return match.end()
+        return None
+
+    def _phrase_cut(self) -> int | None:
+        """Before a phrase-starting word after a few words, or after the word limit."""
+        words = list(re.finditer(r"\S+(?=\s)", self._buffer))  # complete words only
+        for i, word in enumerate(words):
+            if i >= FIRST_CLAUSE_MIN_WORDS and word.group().lower() in PHRASE_STARTS:
+                return word.start()
+            if i + 1 >= FIRST_PIECE_MAX_WORDS:
+                return word.end() + 1
         return None
 
     def _newline_cut(self) -> int | None:

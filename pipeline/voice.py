@@ -32,7 +32,19 @@ from pipeline.tts import TTS
 logger = logging.getLogger(__name__)
 
 INTERIM_EVERY_S = 0.4  # re-decode the growing utterance this often while the user talks
+SPECULATE_AFTER_FRAMES = 10  # 100 ms of silence: decode the utterance as if it had ended
 HISTORY_TURNS = 20  # kept in memory; the prompt budget decides how many reach the LLM
+
+
+#: stage -> (start mark, end mark). Stages follow each other, so they add up to the time
+#: from end of turn to the first reply audio; ``first_frame`` is that total, server side.
+SPANS = {
+    "stt": ("t_end", "stt"),
+    "llm_first_token": ("stt", "llm_first_token"),
+    "llm_first_piece": ("llm_first_token", "first_piece"),
+    "tts_first_audio": ("first_piece", "tts_first_audio"),
+    "first_frame": ("t_end", "first_frame"),
+}
 
 
 @dataclass
@@ -47,16 +59,10 @@ class TurnTimer:
 
     def stages_ms(self) -> dict[str, float]:
         m, out = self.marks, {}
-        spans = {
-            "stt": ("t_end", "stt"),
-            "llm_first_token": ("stt", "llm_first_token"),
-            "tts_first_audio": ("first_piece", "tts_first_audio"),
-            "first_frame": ("t_end", "first_frame"),
-        }
         points = {"t_end": self.t_end, **m}
-        for stage, (a, b) in spans.items():
-            if a in points and b in points:
-                out[stage] = round((points[b] - points[a]) * 1000, 1)
+        for stage, (a, b) in SPANS.items():
+            if a in points and b in points:  # frames are stamped ahead by up to 10 ms: clamp
+                out[stage] = round(max(0.0, points[b] - points[a]) * 1000, 1)
         return out
 
 
@@ -82,14 +88,35 @@ class VoiceAgent(Agent):
         self._spoken: list[SpokenPiece] = []
         self._interim: asyncio.Task[None] | None = None
         self._last_interim = 0.0
+        self._silent_frames = 0
+        self._speculation: asyncio.Task[str] | None = None  # cancelled once the user speaks again
 
-    # -- interim transcripts while the user talks ----------------------------------
+    # -- transcripts while the user talks ------------------------------------------
     def on_frame(self, pcm: np.ndarray, t: float) -> None:
         super().on_frame(pcm, t)
-        if self.turns.in_speech and t - self._last_interim >= INTERIM_EVERY_S:
+        if not self.turns.in_speech:
+            return
+        speaking = self.last_meta is not None and self.last_meta.is_speech
+        self._silent_frames = 0 if speaking else self._silent_frames + 1
+        if speaking and self._speculation is not None:
+            self._speculation.cancel()  # more words are coming: the guess is stale
+            self._speculation = None
+        if self._silent_frames == SPECULATE_AFTER_FRAMES:
+            self._speculate()
+        elif speaking and t - self._last_interim >= INTERIM_EVERY_S:
             if self._interim is None or self._interim.done():
                 self._last_interim = t
                 self._interim = asyncio.create_task(self._interim_transcript(), name="stt-interim")
+
+    def _speculate(self) -> None:
+        """The user paused: transcribe now, so the final transcript is ready at end of turn.
+
+        End of turn needs a few hundred ms more silence; decoding during that wait takes
+        STT off the critical path. If the user speaks again the result is discarded.
+        """
+        self._speculation = asyncio.create_task(
+            self.stt.transcribe(self.turns.utterance(), final=True), name="stt-speculative"
+        )
 
     async def _interim_transcript(self) -> None:
         audio = self.turns.utterance()
@@ -106,13 +133,21 @@ class VoiceAgent(Agent):
     async def reply_to_audio(self, audio: np.ndarray, t_end: float) -> None:
         timer = TurnTimer(t_end)
         self.set_state("thinking")
-        text = await self.stt.transcribe(audio, final=True)
+        text = await self._final_transcript(audio)
         timer.mark("stt")
         if not text:
             logger.debug("%s: no words in the utterance", self.persona.id)
             return
         self.emit({"type": "stt-final", "text": text})
         await self.respond(text, timer)
+
+    async def _final_transcript(self, audio: np.ndarray) -> str:
+        """The speculative transcript if no speech came after it, else a fresh decode."""
+        speculation, self._speculation = self._speculation, None
+        self._silent_frames = 0
+        if speculation is not None and not speculation.cancelled():
+            return await speculation
+        return await self.stt.transcribe(audio, final=True)
 
     async def reply_to_text(self, text: str) -> None:
         timer = TurnTimer(time.monotonic())
@@ -211,6 +246,7 @@ class VoiceAgent(Agent):
                    "late_frames": getattr(self.speaker, "late_frames", None)})
 
     async def close(self) -> None:
-        if self._interim is not None:
-            self._interim.cancel()
+        for task in (self._interim, self._speculation):
+            if task is not None:
+                task.cancel()
         await super().close()

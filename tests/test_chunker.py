@@ -108,3 +108,20 @@ def test_unpunctuated_rambling_is_cut_at_a_space() -> None:
     assert len(pieces) > 1
     assert all(len(p) <= MAX_CHARS for p in pieces)
     assert " ".join(pieces) == words
+
+
+def test_long_first_sentence_is_cut_at_a_phrase_boundary_or_word_limit() -> None:
+    def pieces(text: str) -> list[str]:
+        chunker = SentenceChunker()
+        out = [p for token in text.replace(" ", " |").split("|") for p in chunker.push(token)]
+        return out + chunker.flush()
+
+    assert pieces("The meaning of a good life is that it is a pursuit of virtue.")[0] == (
+        "The meaning of a good life is"
+    )
+    first = pieces("One two three four five six seven eight nine ten eleven twelve.")[0]
+    assert first == "One two three four five six seven eight nine"
+    # only the first piece is cut early; later ones wait for whole sentences
+    assert pieces("Yes. The meaning of a good life is that it is a pursuit of virtue.") == [
+        "Yes.", "The meaning of a good life is that it is a pursuit of virtue."
+    ]

@@ -1,0 +1,32 @@
+"""Settings parsing, and the README config table kept in step with the code."""
+
+from __future__ import annotations
+
+import pytest
+
+from parley.config import REPO_ROOT, Settings, settings_table
+
+
+def test_env_then_overrides() -> None:
+    s = Settings.from_env({"PARLEY_PORT": "9001", "PARLEY_PERSONA": "holmes"}, port=9002, host=None)
+    assert (s.port, s.persona, s.host) == (9002, "holmes", "127.0.0.1")
+
+
+def test_bad_integer_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="PARLEY_PORT"):
+        Settings.from_env({"PARLEY_PORT": "eighty"})
+
+
+def test_backends_default_to_openai_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert Settings.from_env({}).llm == "local"
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    assert Settings.from_env({}).llm == "openai"
+    assert Settings.from_env({"PARLEY_LLM": "local"}).llm == "local"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for env, default, help_text in settings_table():
+        assert f"| `{env}` | `{default}` | {help_text} |" in readme, env
+    assert readme.splitlines()[3].startswith("make run") and readme.splitlines()[4].startswith("make test")
