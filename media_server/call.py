@@ -33,7 +33,8 @@ from pipeline.agent import Agent, Emit
 
 logger = logging.getLogger(__name__)
 
-AgentFactory = Callable[[AgentTrack, Emit], Agent]
+#: (session, persona id, outbound track, emit) -> agent; LookupError for an unknown persona.
+AgentFactory = Callable[["CallSession", str, AgentTrack, Emit], Agent]
 MAX_EVENT_BYTES = 16384
 PING_TIMEOUT_S = 10.0  # a client that pinged and then went quiet this long is gone
 
@@ -61,7 +62,9 @@ class Call:
         self.session = session
         self.events = events
         self.track = AgentTrack(on_sent=self._on_sent)
-        self.agent = agent_factory(self.track, self.events.send)
+        self._agent_factory = agent_factory
+        self.persona_id = session.persona_id
+        self.agent = agent_factory(session, session.persona_id, self.track, self.events.send)
         self.closed = asyncio.Event()
         self.started = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -126,7 +129,25 @@ class Call:
         self.spawn(self.handle_message(message), f"event {message.get('type')}")
 
     async def handle_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "settings" and "persona" in message:
+            await self._switch_persona(message.pop("persona"))
+            if len(message) == 1:
+                return
         await self.agent.on_message(message)
+
+    async def _switch_persona(self, persona_id: Any) -> None:
+        """``settings {persona}``: a new agent for the rest of the call, on the same track."""
+        if persona_id == self.persona_id:
+            return
+        try:
+            agent = self._agent_factory(self.session, str(persona_id), self.track, self.events.send)
+        except LookupError:
+            self.events.send(event("error", code="unknown_persona", message=f"unknown persona {persona_id!r}"))
+            return
+        old, self.agent, self.persona_id = self.agent, agent, str(persona_id)
+        self.track.flush()
+        await old.close()
+        self.events.send(event("turn", state=agent.state))
 
     async def watchdog(self) -> None:
         """Close the call when a client that pinged stops pinging (a vanished peer)."""

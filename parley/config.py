@@ -24,8 +24,8 @@ def _setting(default: Any, env: str, help: str) -> Any:
 _AUTO_BACKEND = ("stt", "llm", "tts", "embed")
 
 
-def _default_backend() -> str:
-    return "openai" if os.environ.get("OPENAI_API_KEY") else "local"
+def _default_backend(api_key: str) -> str:
+    return "openai" if api_key or os.environ.get("OPENAI_API_KEY") else "local"
 
 
 @dataclass
@@ -58,13 +58,37 @@ class Settings:
     database_url: str = _setting("", "PARLEY_DATABASE_URL", "Postgres URL; empty = embedded Postgres (pgserver) in DATA_DIR")
     redis_url: str = _setting("", "PARLEY_REDIS_URL", "Redis URL for shared state; empty = single node, in-process")
     milvus_uri: str = _setting("", "PARLEY_MILVUS_URI", "Milvus server http(s) URI; empty = Milvus Lite file DATA_DIR/memory.db")
+    openai_api_key: str = field(default="", repr=False, metadata={"env": "OPENAI_API_KEY", "help": "API key of the OpenAI-compatible service; sent only as the Authorization header, never logged"})
     openai_base_url: str = _setting("", "OPENAI_BASE_URL", "OpenAI-compatible server base URL (vLLM, Ollama, llama.cpp server)")
+    openai_llm_base_url: str = _setting("", "PARLEY_OPENAI_LLM_BASE_URL", "LLM server; empty = OPENAI_BASE_URL (likewise _STT_, _TTS_, _EMBED_, _MODERATION_BASE_URL)")
+    openai_stt_base_url: str = _setting("", "PARLEY_OPENAI_STT_BASE_URL", "STT server; empty = OPENAI_BASE_URL")
+    openai_tts_base_url: str = _setting("", "PARLEY_OPENAI_TTS_BASE_URL", "TTS server; empty = OPENAI_BASE_URL")
+    openai_embed_base_url: str = _setting("", "PARLEY_OPENAI_EMBED_BASE_URL", "embeddings server; empty = OPENAI_BASE_URL")
+    openai_moderation_base_url: str = _setting("", "PARLEY_OPENAI_MODERATION_BASE_URL", "moderation server; empty = OPENAI_BASE_URL")
+    openai_llm_model: str = _setting("gpt-4o-mini", "PARLEY_OPENAI_LLM_MODEL", "chat model")
+    openai_stt_model: str = _setting("gpt-4o-mini-transcribe", "PARLEY_OPENAI_STT_MODEL", "transcription model")
+    openai_tts_model: str = _setting("gpt-4o-mini-tts", "PARLEY_OPENAI_TTS_MODEL", "speech model")
+    openai_tts_voice: str = _setting("alloy", "PARLEY_OPENAI_TTS_VOICE", "voice used when the persona's voice is not one of the service's")
+    openai_embed_model: str = _setting("text-embedding-3-small", "PARLEY_OPENAI_EMBED_MODEL", "embedding model")
+    openai_embed_dim: int = _setting(0, "PARLEY_OPENAI_EMBED_DIM", "embedding size; 0 = the model's own")
+    openai_moderation_model: str = _setting("omni-moderation-latest", "PARLEY_OPENAI_MODERATION_MODEL", "moderation model")
+    moderation: str = _setting("auto", "PARLEY_MODERATION", "auto (the moderation model when the LLM is openai) | openai | off; the blocklist always applies")
+    moderation_timeout_s: float = _setting(1.0, "PARLEY_MODERATION_TIMEOUT_S", "moderation deadline; after it the text passes (and is counted)")
+    blocklist: str = _setting("", "PARLEY_BLOCKLIST", "regex blocklist for user text and replies: a file path or a comma list")
+    first_chunk_timeout_s: float = _setting(2.0, "PARLEY_FIRST_CHUNK_TIMEOUT_S", "deadline for a remote first token / first audio / transcript before falling back")
+    stage_timeout_s: float = _setting(10.0, "PARLEY_STAGE_TIMEOUT_S", "longest stall between later chunks of a remote stream")
+    backend_retries: int = _setting(2, "PARLEY_BACKEND_RETRIES", "retries on connection errors, within the first-chunk deadline")
+    circuit_failures: int = _setting(5, "PARLEY_CIRCUIT_FAILURES", "consecutive failures that open a remote stage's circuit")
+    circuit_cooldown_s: float = _setting(30.0, "PARLEY_CIRCUIT_COOLDOWN_S", "seconds before the half-open probe of an open circuit")
+    fallback: str = _setting("local", "PARLEY_FALLBACK", "backend a failing remote stage falls back to: local | none")
+    daily_token_budget: int = _setting(0, "PARLEY_DAILY_TOKEN_BUDGET", "LLM tokens per UTC day for the deployment; 0 = unlimited")
+    user_daily_token_budget: int = _setting(0, "PARLEY_USER_DAILY_TOKEN_BUDGET", "LLM tokens per UTC day per user; 0 = unlimited")
     log_level: str = _setting("INFO", "PARLEY_LOG_LEVEL", "logging level; DEBUG also logs transcripts (redacted)")
 
     def __post_init__(self) -> None:
         for name in _AUTO_BACKEND:
             if not getattr(self, name):
-                setattr(self, name, _default_backend())
+                setattr(self, name, _default_backend(self.openai_api_key))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -88,12 +112,13 @@ class Settings:
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    if f.type in ("int", int):
-        try:
-            return int(raw)
-        except ValueError as exc:
-            raise ValueError(f"{f.metadata['env']} must be an integer, got {raw!r}") from exc
-    return raw
+    kind = {"int": int, "float": float}.get(str(f.type))
+    if kind is None:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{f.metadata['env']} must be a number ({f.type}), got {raw!r}") from exc
 
 
 def settings_table() -> list[tuple[str, str, str]]:

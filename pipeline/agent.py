@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,13 +55,25 @@ class Speaker(Protocol):
     def speaking(self) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """Who the agent talks to, and the process-wide parts it may use."""
+
+    settings: Settings
+    user_id: str = "anonymous"
+    session_id: str = ""
+    services: Any = None  # pipeline.services.Services; None where no persona needs models
+
+
 class Agent:
     """Base agent: owns the DSP chain, the turn detector and the single reply task."""
 
-    def __init__(self, persona: Any, speaker: Speaker, emit: Emit, settings: Settings) -> None:
+    def __init__(self, persona: Any, speaker: Speaker, emit: Emit, ctx: AgentContext) -> None:
+        settings = ctx.settings
         self.persona = persona
         self.speaker = speaker
         self.emit = emit
+        self.ctx = ctx
         self.settings = settings
         self.chain = DspChain(settings)
         self.turns = TurnDetector(
@@ -216,10 +229,12 @@ class EchoAgent(Agent):
         self.emit({"type": "llm-done", "text": text})
 
 
-def create_agent(persona: Any, speaker: Speaker, emit: Emit, settings: Settings) -> Agent:
+def create_agent(persona: Any, speaker: Speaker, emit: Emit, ctx: AgentContext) -> Agent:
     """The agent for ``persona``: the loopback echo, or the voice agent (STT → LLM → TTS)."""
     if getattr(persona, "kind", "agent") == "echo":
-        return EchoAgent(persona, speaker, emit, settings)
+        return EchoAgent(persona, speaker, emit, ctx)
+    if ctx.services is None:
+        raise RuntimeError(f"persona {persona.id!r} needs the model services, which are not loaded")
     from pipeline.voice import VoiceAgent  # loads model code only for AI personas
 
-    return VoiceAgent(persona, speaker, emit, settings)
+    return VoiceAgent(persona, speaker, emit, ctx)

@@ -1,48 +1,69 @@
 """Backends register by (stage kind, name); the agent asks for one by the configured name.
 
 Instances are created once per process and shared by every call: a model loads once,
-whatever the number of calls (see DESIGN.md, local model stack).
+whatever the number of calls (see DESIGN.md, local model stack). A backend whose instance
+depends on settings (which model file, which server) registers a ``key`` function: one
+instance exists per distinct key, so two configurations in one process never share a
+client pointed at the wrong server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from parley.config import Settings
 
 Factory = Callable[[Settings], Any]
+KeyFunc = Callable[[Settings], Hashable]
 
-_factories: dict[tuple[str, str], Factory] = {}
-_instances: dict[tuple[str, str], Any] = {}
+_factories: dict[tuple[str, str], tuple[Factory, KeyFunc]] = {}
+_instances: dict[tuple[str, str, Hashable], Any] = {}
 _lock = threading.Lock()
+
+
+def shared(settings: Settings) -> Hashable:
+    """Key for backends that are the same whatever the settings."""
+    return ()
+
+
+def all_settings(settings: Settings) -> Hashable:
+    """Key for backends configured by many settings (remote clients): all of them."""
+    return dataclasses.astuple(settings)
 
 
 class UnknownBackend(LookupError):
     """No backend of that name is registered for the stage."""
 
 
-def register(kind: str, name: str) -> Callable[[Factory], Factory]:
+def register(kind: str, name: str, key: KeyFunc = shared) -> Callable[[Factory], Factory]:
     """Class/function decorator: ``@register("tts", "local")``."""
 
     def wrap(factory: Factory) -> Factory:
-        _factories[(kind, name)] = factory
+        _factories[(kind, name)] = (factory, key)
         return factory
 
     return wrap
 
 
+def instance_key(kind: str, name: str, settings: Settings) -> tuple[str, str, Hashable]:
+    """Which shared instance ``get`` returns for these arguments."""
+    with _lock:
+        _load_backend_modules()
+        if (kind, name) not in _factories:
+            known = sorted(n for k, n in _factories if k == kind)
+            raise UnknownBackend(f"no {kind} backend named {name!r} (known: {known})")
+        return (kind, name, _factories[(kind, name)][1](settings))
+
+
 def get(kind: str, name: str, settings: Settings) -> Any:
     """The shared backend instance for ``kind``/``name``, created on first use (thread-safe)."""
-    key = (kind, name)
+    key = instance_key(kind, name, settings)
     with _lock:
         if key not in _instances:
-            _load_backend_modules()
-            if key not in _factories:
-                known = sorted(n for k, n in _factories if k == kind)
-                raise UnknownBackend(f"no {kind} backend named {name!r} (known: {known})")
-            _instances[key] = _factories[key](settings)
+            _instances[key] = _factories[(kind, name)][0](settings)
         return _instances[key]
 
 

@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 
 from parley import metrics
-from parley.config import Settings
-from pipeline import registry
-from pipeline.agent import Agent, Emit, Playout, Speaker
+from pipeline.agent import Agent, AgentContext, Emit, Playout, Speaker
 from pipeline.chunker import SentenceChunker
+from pipeline import usage
 from pipeline.llm import LLM, Message
+from pipeline.moderation import safe_reply
 from pipeline.prompt import build_messages, generation_params, speech_speed
+from pipeline.services import Services
 from pipeline.stt import STT
 from pipeline.tts import TTS
+from pipeline.usage import budget_notice
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +81,21 @@ class SpokenPiece:
 class VoiceAgent(Agent):
     """An AI persona: the configured STT, LLM and TTS backends behind the base turn-taking."""
 
-    def __init__(self, persona: Any, speaker: Speaker, emit: Emit, settings: Settings) -> None:
-        super().__init__(persona, speaker, emit, settings)
-        self.stt: STT = registry.get("stt", settings.stt, settings)
-        self.llm: LLM = registry.get("llm", settings.llm, settings)
-        self.tts: TTS = registry.get("tts", settings.tts, settings)
+    def __init__(self, persona: Any, speaker: Speaker, emit: Emit, ctx: AgentContext) -> None:
+        super().__init__(persona, speaker, emit, ctx)
+        services: Services = ctx.services
+        self.services = services
+        self.stt: STT = services.stt
+        self.llm: LLM = services.llm
+        self.tts: TTS = services.tts
         self.history: list[Message] = []
         self._spoken: list[SpokenPiece] = []
         self._interim: asyncio.Task[None] | None = None
         self._last_interim = 0.0
         self._silent_frames = 0
         self._speculation: asyncio.Task[str] | None = None  # cancelled once the user speaks again
+        # a remote STT bills every request, and discarded guesses would cost too
+        self._speculative = ctx.settings.stt == "local"
 
     # -- transcripts while the user talks ------------------------------------------
     def on_frame(self, pcm: np.ndarray, t: float) -> None:
@@ -101,7 +107,7 @@ class VoiceAgent(Agent):
         if speaking and self._speculation is not None:
             self._speculation.cancel()  # more words are coming: the guess is stale
             self._speculation = None
-        if self._silent_frames == SPECULATE_AFTER_FRAMES:
+        if self._silent_frames == SPECULATE_AFTER_FRAMES and self._speculative:
             self._speculate()
         elif speaking and t - self._last_interim >= INTERIM_EVERY_S:
             if self._interim is None or self._interim.done():
@@ -156,30 +162,54 @@ class VoiceAgent(Agent):
         await self.respond(text, timer)
 
     async def respond(self, user_text: str, timer: TurnTimer) -> None:
-        """Stream a reply to ``user_text``: tokens to the client, speech to the track."""
+        """Stream a reply to ``user_text``: tokens to the client, speech to the track.
+
+        The user's words are moderated and the budget checked first; either refusal is
+        spoken in the persona's voice instead of calling the model.
+        """
         metrics.TURNS.labels(self.persona.id).inc()
         self.set_state("thinking")
-        messages = build_messages(
-            self.persona, self.history, user_text, budget_tokens=self.settings.prompt_budget_tokens,
-            count_tokens=self.llm.count_tokens, emotion=self.emotion, plot_node=self.plot_node,
-        )
         self.history.append(Message("user", user_text))
-        self._spoken = []
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        reply: list[str] = []
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._write(messages, pieces, reply, timer), name="llm")
-                group.create_task(self._speak(pieces, timer), name="tts")
-        except asyncio.CancelledError:
+            if not (await self.services.moderator.check_user(user_text)).allowed:
+                await self._say(safe_reply(self.persona.name), timer)
+            elif not await self.services.budget.check(self.ctx.user_id):
+                await self._say(budget_notice(), timer)
+            else:
+                with usage.track() as turn_usage:
+                    await self._converse(user_text, timer)
+                await self.services.budget.charge(self.ctx.user_id, turn_usage)
+        except asyncio.CancelledError:  # barge-in: history keeps only what was heard
             self._remember_reply(self.heard_text())
             raise
-        full = "".join(reply).strip()
-        self._remember_reply(full)
-        self.emit({"type": "llm-done", "text": full})
+        self._report(timer)
+
+    async def _converse(self, user_text: str, timer: TurnTimer) -> None:
+        messages = build_messages(
+            self.persona, self.history[:-1], user_text, budget_tokens=self.settings.prompt_budget_tokens,
+            count_tokens=self.llm.count_tokens, emotion=self.emotion, plot_node=self.plot_node,
+        )
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        reply: list[str] = []
+        async with asyncio.TaskGroup() as group:
+            writer = group.create_task(self._write(messages, pieces, reply, timer), name="llm")
+            group.create_task(self._speak(pieces, timer, writer), name="tts")
+        moderated = writer.cancelled()
+        self._finish_reply(self._spoken_text() if moderated else "".join(reply).strip())
+
+    async def _say(self, text: str, timer: TurnTimer) -> None:
+        """Speak a fixed line (a refusal or notice) as this turn's reply."""
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        for piece in (text, None):
+            pieces.put_nowait(piece)
+        await self._speak(pieces, timer, None)
+        self._finish_reply(text)
+
+    def _finish_reply(self, text: str) -> None:
+        self._remember_reply(text)
+        self.emit({"type": "llm-done", "text": text})
         if self._spoken:
             self.emit({"type": "tts-end"})
-        self._report(timer)
 
     async def _write(self, messages: list[Message], pieces: asyncio.Queue[str | None],
                      reply: list[str], timer: TurnTimer) -> None:
@@ -200,28 +230,41 @@ class VoiceAgent(Agent):
             pieces.put_nowait(piece)
         pieces.put_nowait(None)
 
-    async def _speak(self, pieces: asyncio.Queue[str | None], timer: TurnTimer) -> None:
+    async def _speak(self, pieces: asyncio.Queue[str | None], timer: TurnTimer,
+                     writer: asyncio.Task[None] | None) -> None:
+        """Moderate, synthesize and queue each piece; a flagged piece ends the reply."""
+        self._spoken = []
         speed = speech_speed(self.persona, self.emotion)
         last: Playout | None = None
         while (text := await pieces.get()) is not None:
-            spoken = SpokenPiece(text)
-            self._spoken.append(spoken)
-            stream = self.tts.synthesize(text, voice=self.persona.voice, speed=speed)
-            try:
-                async for pcm in stream:
-                    last = self.speaker.play(pcm)
-                    spoken.playouts.append(last)
-                    if "tts_first_audio" not in timer.marks:
-                        timer.mark("tts_first_audio")
-                        self.emit({"type": "tts-start"})
-                        self.set_state("speaking")
-            finally:
-                await stream.aclose()
+            if writer is not None and not (await self.services.moderator.check_reply(text)).allowed:
+                writer.cancel()  # the rest of the reply likely continues the flagged thought
+                last = await self._synthesize(safe_reply(self.persona.name), speed, timer) or last
+                break
+            last = await self._synthesize(text, speed, timer) or last
         if last is not None:
             await last.done
         first = self._spoken[0].playouts[0].started_at if self._spoken and self._spoken[0].playouts else None
         if first is not None:
             timer.mark("first_frame", first)
+
+    async def _synthesize(self, text: str, speed: float, timer: TurnTimer) -> Playout | None:
+        spoken = SpokenPiece(text)
+        self._spoken.append(spoken)
+        stream = self.tts.synthesize(text, voice=self.persona.voice, speed=speed)
+        try:
+            async for pcm in stream:
+                spoken.playouts.append(self.speaker.play(pcm))
+                if "tts_first_audio" not in timer.marks:
+                    timer.mark("tts_first_audio")
+                    self.emit({"type": "tts-start"})
+                    self.set_state("speaking")
+        finally:
+            await stream.aclose()
+        return spoken.playouts[-1] if spoken.playouts else None
+
+    def _spoken_text(self) -> str:
+        return " ".join(piece.text for piece in self._spoken)
 
     def heard_text(self) -> str:
         words: list[str] = []

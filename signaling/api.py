@@ -10,10 +10,9 @@ from aiohttp import web
 from media_server.call import BadOffer, CallSession
 from media_server.manager import TooManyCalls
 from personas import Persona
-from pipeline.agent import create_agent
 from signaling.auth import Claims
 from signaling.errors import ApiError, read_json
-from signaling.keys import CALLS, PERSONAS, SETTINGS, TOKENS
+from signaling.keys import AGENTS, CALLS, PERSONAS, SETTINGS, TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +79,9 @@ def resolve_session(request: web.Request, persona_id: Any, session_id: Any) -> t
 async def start_call(request: web.Request, claims: Claims, persona: Persona, sdp: str) -> tuple[str, str]:
     """Answer ``sdp`` with a new call; returns (call id, answer SDP)."""
     app = request.app
-    settings = app[SETTINGS]
     session = CallSession(claims.session_id, claims.user_id, persona.id)
     try:
-        call = await app[CALLS].open_rtc(
-            session, sdp, lambda track, emit: create_agent(persona, track, emit, settings)
-        )
+        call = await app[CALLS].open_rtc(session, sdp, app[AGENTS])
     except BadOffer as exc:
         raise ApiError(400, "bad_sdp", str(exc)) from exc
     except TooManyCalls as exc:

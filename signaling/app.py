@@ -16,13 +16,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import parley
+from media_server.agent_track import AgentTrack
+from media_server.call import AgentFactory, CallSession
 from media_server.manager import CallManager
 from parley.config import REPO_ROOT, Settings
-from personas import load_personas
+from personas import UnknownPersona, load_personas
+from pipeline.agent import Agent, AgentContext, Emit, create_agent
+from pipeline.services import Services
 from signaling import api, ws
 from signaling.auth import TokenIssuer, load_secret
 from signaling.errors import ApiError, error_middleware
-from signaling.keys import CALLS, PERSONAS, SETTINGS, TOKENS
+from signaling.keys import AGENTS, CALLS, PERSONAS, SERVICES, SETTINGS, TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ def create_app(settings: Settings) -> web.Application:
     app[PERSONAS] = load_personas()
     if settings.persona not in app[PERSONAS]:
         raise ValueError(f"PARLEY_PERSONA={settings.persona!r} is not a known persona")
+    app[AGENTS] = agent_factory(app)
+    app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_calls_ctx)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
@@ -45,6 +51,34 @@ def create_app(settings: Settings) -> web.Application:
     ws.setup_routes(app)
     app.router.add_get("/" + STATIC_FILE, static_file)
     return app
+
+
+def agent_factory(app: web.Application) -> AgentFactory:
+    """Agents by persona id, for new calls and for ``settings {persona}`` mid-call."""
+
+    def make(session: CallSession, persona_id: str, track: AgentTrack, emit: Emit) -> Agent:
+        personas = app[PERSONAS]
+        if persona_id not in personas:
+            raise UnknownPersona(persona_id)
+        ctx = AgentContext(app[SETTINGS], session.user_id, session.session_id, app.get(SERVICES))
+        return create_agent(personas[persona_id], track, emit, ctx)
+
+    return make
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the model backends and controls before serving, off the event loop.
+
+    Backends are per-process singletons; loading them here means a call's agent finds
+    them ready instead of loading weights on the event loop when the first call arrives.
+    """
+    if not any(p.kind != "echo" for p in app[PERSONAS].values()):
+        yield
+        return
+    services = await Services.open(app[SETTINGS])
+    app[SERVICES] = services
+    yield
+    await services.close()
 
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -7,10 +7,9 @@ from aiohttp import web
 from media_server.call import CallSession
 from media_server.manager import TooManyCalls
 from media_server.ws_call import WsCall
-from pipeline.agent import create_agent
 from signaling.api import resolve_session
 from signaling.errors import ApiError
-from signaling.keys import CALLS, SETTINGS
+from signaling.keys import AGENTS, CALLS
 
 
 def setup_routes(app: web.Application) -> None:
@@ -26,9 +25,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(503, "busy", str(exc)) from exc
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=256 * 1024)
     await ws.prepare(request)
-    settings = request.app[SETTINGS]
     session = CallSession(claims.session_id, claims.user_id, persona.id)
-    call = WsCall(session, lambda track, emit: create_agent(persona, track, emit, settings), ws)
+    call = WsCall(session, request.app[AGENTS], ws)
     manager.register(call)
     await call.run()
     return ws

@@ -47,7 +47,7 @@ def resolve_model_path(configured: str) -> Path:
     return path
 
 
-@register("llm", "local")
+@register("llm", "local", key=lambda s: (s.llm_model, s.llm_threads))
 class LlamaLLM(LLM):
     """One llama.cpp context per process; generations from all calls take turns on it."""
 

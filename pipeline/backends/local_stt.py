@@ -136,7 +136,7 @@ def _is_speech(text: str, no_speech_prob: float, level: float) -> bool:
     return not (suspect and words in HALLUCINATIONS)
 
 
-@register("stt", "local")
+@register("stt", "local", key=lambda s: (s.stt_model, s.llm_threads))
 class WhisperSTT(STT):
     """faster-whisper on one model thread; requests from all calls queue on it."""
 
