@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 AgentFactory = Callable[["CallSession", str, AgentTrack, Emit], Agent]
 MAX_EVENT_BYTES = 16384
 PING_TIMEOUT_S = 10.0  # a client that pinged and then went quiet this long is gone
+CONNECT_TIMEOUT_S = 20.0  # an answered call whose media never connected is abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +150,25 @@ class Call:
         await old.close()
         self.events.send(event("turn", state=agent.state))
 
+    @property
+    def connected(self) -> bool:
+        """Media flows (WebRTC: the peer connection reached "connected")."""
+        return True
+
     async def watchdog(self) -> None:
-        """Close the call when a client that pinged stops pinging (a vanished peer)."""
+        """Close the call when its client is gone: it stopped pinging, or never connected."""
         while not self._closing:
             await asyncio.sleep(1.0)
-            if self._last_ping is not None and time.monotonic() - self._last_ping > PING_TIMEOUT_S:
-                logger.info("%s: client stopped pinging; closing", self.log_prefix)
-                self.spawn(self.close("ping timeout"), "close")
-                return
+            now = time.monotonic()
+            if self._last_ping is not None and now - self._last_ping > PING_TIMEOUT_S:
+                reason = "ping timeout"
+            elif not self.connected and now - self.started > CONNECT_TIMEOUT_S:
+                reason = "media never connected"
+            else:
+                continue
+            logger.info("%s: %s; closing", self.log_prefix, reason)
+            self.spawn(self.close(reason), "close")
+            return
 
     async def close(self, reason: str = "hangup") -> None:
         """Idempotent teardown: agent, tasks, track, transport; waits for all of it."""
@@ -210,6 +222,10 @@ class RtcCall(Call):
         await pc.setLocalDescription(await pc.createAnswer())
         self.spawn(self.watchdog(), "watchdog")
         return pc.localDescription.sdp
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState == "connected"
 
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label != "events":

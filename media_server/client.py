@@ -46,6 +46,7 @@ class CallClient:
 
     url: str
     persona: str | None = None
+    token: str | None = None  # a previous session's token: the new session keeps that user
     jitter_prefetch: int = 2
     received: list[Received] = field(default_factory=list)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
@@ -74,7 +75,9 @@ class CallClient:
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-            async with http.post(f"{self.url}/api/sessions", json={"persona": self.persona}) as r:
+            previous = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            async with http.post(f"{self.url}/api/sessions", json={"persona": self.persona},
+                                 headers=previous) as r:
                 self.session = await _json_or_raise(r)
             headers = {"Authorization": f"Bearer {self.session['token']}"}
             body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "persona": self.persona,

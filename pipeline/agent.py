@@ -134,6 +134,9 @@ class Agent:
 
     # -- turn taking --------------------------------------------------------------
     def _on_turn_event(self, ev: TurnEvent) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %s (speaking=%s, %s)", self.persona.id, ev.kind.value, self.speaker.speaking,
+                         self.last_meta)
         if ev.kind is TurnEventKind.SPEECH_START:
             if self.speaker.speaking:
                 self.speaker.pause()
@@ -220,10 +223,12 @@ class EchoAgent(Agent):
     async def reply_to_audio(self, audio: np.ndarray, t_end: float) -> None:
         metrics.TURNS.labels(self.persona.id).inc()
         self.emit({"type": "tts-start"})
-        done = await self.speak(audio)
-        if done:
+        playout = self.speaker.play(audio)
+        self.set_state("speaking")
+        if await playout.done:
             self.emit({"type": "tts-end"})
-            self.emit({"type": "metrics", "turn_server_ms": round((time.monotonic() - t_end) * 1000)})
+            first = (playout.started_at or t_end) - t_end
+            self.emit({"type": "metrics", "latency_ms": {"first_frame": round(first * 1000, 1)}})
 
     async def reply_to_text(self, text: str) -> None:
         self.emit({"type": "llm-done", "text": text})

@@ -67,6 +67,14 @@ def get(kind: str, name: str, settings: Settings) -> Any:
         return _instances[key]
 
 
+def evict(instance: Any) -> None:
+    """Forget a shared instance (it was closed): the next ``get`` builds a new one."""
+    with _lock:
+        for key in [k for k, v in _instances.items() if v is instance]:
+            del _instances[key]
+
+
 def _load_backend_modules() -> None:
     """Import the backend modules so their ``@register`` decorators run."""
     import pipeline.backends  # noqa: F401
+    import pipeline.memory  # noqa: F401  (the local embedder)

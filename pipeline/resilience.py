@@ -398,6 +398,12 @@ def build_stage(kind: str, settings: Settings) -> Any:
     return _built[key]
 
 
+def forget_stage(stage: Any) -> None:
+    """Drop a built stage from the cache (its remote client is being closed)."""
+    for key in [k for k, v in _built.items() if v is stage]:
+        del _built[key]
+
+
 def _wrap(kind: str, name: str, fallback_name: str, settings: Settings) -> Any:
     primary = registry.get(kind, name, settings)
     if name == "local":

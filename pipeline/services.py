@@ -8,19 +8,27 @@ ones are used as they are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from parley.config import Settings
-from pipeline import resilience
+from pipeline import registry, resilience
 from pipeline.llm import LLM
+from pipeline.memory import MemoryService
 from pipeline.moderation import Moderator
 from pipeline.stt import STT
 from pipeline.tts import TTS
 from pipeline.usage import Budget
+from pipeline.window import ConversationWindow
 
 logger = logging.getLogger(__name__)
+
+
+FILLER_TEXT = "Hmm, one moment."
 
 
 @dataclass
@@ -31,22 +39,53 @@ class Services:
     tts: TTS
     moderator: Moderator
     budget: Budget
+    filler: np.ndarray | None = None  # pre-synthesized "one moment" (48 kHz), played on dead air
+    # durable state, set by the signaling layer that opened it (None in bare pipelines)
+    memory: MemoryService | None = None
+    window: ConversationWindow | None = None
+    store: Any = None  # signaling.store.Store: users, sessions, turn log
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         loop = asyncio.get_running_loop()
         stages = [await loop.run_in_executor(None, resilience.build_stage, kind, settings)
                   for kind in ("stt", "llm", "tts")]
-        return cls(settings, *stages, Moderator.from_settings(settings), Budget.from_settings(settings))
+        services = cls(settings, *stages, Moderator.from_settings(settings), Budget.from_settings(settings))
+        if settings.filler_after_s > 0:
+            services.filler = await _synthesize_filler(settings)
+        return services
 
     async def close(self) -> None:
-        """Close network clients (remote backends, the budget's Redis); models stay loaded."""
-        stages = (self.stt, self.llm, self.tts)
-        parts = [getattr(s, "primary", s) for s in stages] + [self.moderator.model, self.budget]
-        for part in parts:
+        """Close network clients (remote backends, the budget's Redis); local models stay
+        loaded and shared. A closed client is evicted from the process-wide caches, so a
+        later ``open`` in the same process (tests, a restarted app) builds a fresh one."""
+        remote = []
+        for stage in (self.stt, self.llm, self.tts):
+            primary = getattr(stage, "primary", None)
+            if primary is not None:
+                resilience.forget_stage(stage)
+                remote.append(primary)
+        if self.moderator.model is not None:
+            remote.append(self.moderator.model)
+        for part in remote:
+            registry.evict(part)
+        for part in [*remote, self.budget]:
             closer: Any = getattr(part, "close", None)
             if closer is not None and asyncio.iscoroutinefunction(closer):
                 try:
                     await closer()
                 except Exception:
                     logger.warning("closing %s failed", type(part).__name__, exc_info=True)
+
+
+async def _synthesize_filler(settings: Settings) -> np.ndarray | None:
+    """The filler, spoken once at start-up by the *local* TTS: it must play even when the
+    configured (remote) TTS is what is failing."""
+    try:
+        tts: TTS = registry.get("tts", "local", settings)
+        async with contextlib.aclosing(tts.synthesize(FILLER_TEXT)) as chunks:
+            pcm = [chunk async for chunk in chunks]
+    except Exception:
+        logger.warning("no local TTS for the dead-air filler; none will be played", exc_info=True)
+        return None
+    return np.concatenate(pcm) if pcm else None

@@ -12,8 +12,10 @@ track sent), so a barge-in records only that prefix in the conversation history.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +32,12 @@ from pipeline.services import Services
 from pipeline.stt import STT
 from pipeline.tts import TTS
 from pipeline.usage import budget_notice
+from pipeline.window import open_window
 
 logger = logging.getLogger(__name__)
 
 INTERIM_EVERY_S = 0.4  # re-decode the growing utterance this often while the user talks
 SPECULATE_AFTER_FRAMES = 10  # 100 ms of silence: decode the utterance as if it had ended
-HISTORY_TURNS = 20  # kept in memory; the prompt budget decides how many reach the LLM
 
 
 #: stage -> (start mark, end mark). Stages follow each other, so they add up to the time
@@ -88,7 +90,9 @@ class VoiceAgent(Agent):
         self.stt: STT = services.stt
         self.llm: LLM = services.llm
         self.tts: TTS = services.tts
-        self.history: list[Message] = []
+        # the conversation window: in Redis when configured, so the call can move nodes
+        self.window = services.window or open_window(ctx.settings)
+        self._background: set[asyncio.Task[Any]] = set()
         self._spoken: list[SpokenPiece] = []
         self._interim: asyncio.Task[None] | None = None
         self._last_interim = 0.0
@@ -169,7 +173,10 @@ class VoiceAgent(Agent):
         """
         metrics.TURNS.labels(self.persona.id).inc()
         self.set_state("thinking")
-        self.history.append(Message("user", user_text))
+        history = await self.window.load(self.ctx.session_id)
+        await self.window.append(self.ctx.session_id, Message("user", user_text))
+        self._keep_memories(user_text)
+        turn_usage: usage.Usage | None = None
         try:
             if not (await self.services.moderator.check_user(user_text)).allowed:
                 await self._say(safe_reply(self.persona.name), timer)
@@ -177,25 +184,47 @@ class VoiceAgent(Agent):
                 await self._say(budget_notice(), timer)
             else:
                 with usage.track() as turn_usage:
-                    await self._converse(user_text, timer)
+                    await self._converse(history, user_text, timer, turn_usage)
                 await self.services.budget.charge(self.ctx.user_id, turn_usage)
         except asyncio.CancelledError:  # barge-in: history keeps only what was heard
-            self._remember_reply(self.heard_text())
+            await self._remember_reply(self.heard_text())
             raise
-        self._report(timer)
+        self._report(timer, turn_usage)
 
-    async def _converse(self, user_text: str, timer: TurnTimer) -> None:
+    async def _fill_dead_air(self, timer: TurnTimer) -> None:
+        """Say the filler if the reply has not started ``filler_after_s`` after the turn.
+
+        A slow or failing backend (and its fallback) must not leave the caller in silence:
+        the filler is pre-synthesized, so it plays within a frame.
+        """
+        filler = self.services.filler
+        delay = self.settings.filler_after_s - (time.monotonic() - timer.t_end)
+        if filler is None or self.settings.filler_after_s <= 0:
+            return
+        await asyncio.sleep(max(0.0, delay))
+        if "tts_first_audio" not in timer.marks and not self.speaker.speaking:
+            self.speaker.play(filler)
+
+    async def _converse(self, history: list[Message], user_text: str, timer: TurnTimer,
+                        turn_usage: usage.Usage) -> None:
         messages = build_messages(
-            self.persona, self.history[:-1], user_text, budget_tokens=self.settings.prompt_budget_tokens,
-            count_tokens=self.llm.count_tokens, emotion=self.emotion, plot_node=self.plot_node,
+            self.persona, history, user_text, memories=await self._recall(user_text),
+            budget_tokens=self.settings.prompt_budget_tokens, count_tokens=self.llm.count_tokens,
+            emotion=self.emotion, plot_node=self.plot_node,
         )
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         reply: list[str] = []
-        async with asyncio.TaskGroup() as group:
-            writer = group.create_task(self._write(messages, pieces, reply, timer), name="llm")
-            group.create_task(self._speak(pieces, timer, writer), name="tts")
-        moderated = writer.cancelled()
-        self._finish_reply(self._spoken_text() if moderated else "".join(reply).strip())
+        filler = asyncio.create_task(self._fill_dead_air(timer), name="dead-air filler")
+        try:
+            async with asyncio.TaskGroup() as group:
+                writer = group.create_task(self._write(messages, pieces, reply, timer), name="llm")
+                speaker = group.create_task(self._speak(pieces, timer, writer), name="tts")
+        finally:
+            filler.cancel()
+        moderated = speaker.result()
+        if turn_usage.total_tokens == 0:  # local models report no usage: count it here
+            usage.record_tokens(sum(self.llm.count_tokens(m.content) for m in messages), len(reply))
+        await self._finish_reply(self._spoken_text() if moderated else "".join(reply).strip())
 
     async def _say(self, text: str, timer: TurnTimer) -> None:
         """Speak a fixed line (a refusal or notice) as this turn's reply."""
@@ -203,10 +232,10 @@ class VoiceAgent(Agent):
         for piece in (text, None):
             pieces.put_nowait(piece)
         await self._speak(pieces, timer, None)
-        self._finish_reply(text)
+        await self._finish_reply(text)
 
-    def _finish_reply(self, text: str) -> None:
-        self._remember_reply(text)
+    async def _finish_reply(self, text: str) -> None:
+        await self._remember_reply(text)
         self.emit({"type": "llm-done", "text": text})
         if self._spoken:
             self.emit({"type": "tts-end"})
@@ -231,22 +260,28 @@ class VoiceAgent(Agent):
         pieces.put_nowait(None)
 
     async def _speak(self, pieces: asyncio.Queue[str | None], timer: TurnTimer,
-                     writer: asyncio.Task[None] | None) -> None:
-        """Moderate, synthesize and queue each piece; a flagged piece ends the reply."""
+                     writer: asyncio.Task[None] | None) -> bool:
+        """Moderate, synthesize and queue each piece; a flagged piece ends the reply.
+
+        Returns True if a piece was replaced by the persona's safe reply.
+        """
         self._spoken = []
         speed = speech_speed(self.persona, self.emotion)
         last: Playout | None = None
+        moderated = False
         while (text := await pieces.get()) is not None:
             if writer is not None and not (await self.services.moderator.check_reply(text)).allowed:
                 writer.cancel()  # the rest of the reply likely continues the flagged thought
-                last = await self._synthesize(safe_reply(self.persona.name), speed, timer) or last
-                break
+                text, moderated = safe_reply(self.persona.name), True
             last = await self._synthesize(text, speed, timer) or last
+            if moderated:
+                break
         if last is not None:
             await last.done
         first = self._spoken[0].playouts[0].started_at if self._spoken and self._spoken[0].playouts else None
         if first is not None:
             timer.mark("first_frame", first)
+        return moderated
 
     async def _synthesize(self, text: str, speed: float, timer: TurnTimer) -> Playout | None:
         spoken = SpokenPiece(text)
@@ -276,20 +311,64 @@ class VoiceAgent(Agent):
                 break
         return " ".join(words)
 
-    def _remember_reply(self, text: str) -> None:
+    async def _remember_reply(self, text: str) -> None:
         if text:
-            self.history.append(Message("assistant", text))
-        del self.history[: max(0, len(self.history) - 2 * HISTORY_TURNS)]
+            await self.window.append(self.ctx.session_id, Message("assistant", text))
 
-    def _report(self, timer: TurnTimer) -> None:
+    # -- long-term memory and the turn log ------------------------------------------
+    async def _recall(self, user_text: str) -> list[str]:
+        """Memories of this user relevant to what they said (none if the persona keeps none)."""
+        memory = self.services.memory
+        if memory is None or self.persona.memory_policy == "none":
+            return []
+        try:
+            return await memory.recall(self.ctx.user_id, self.persona.id, user_text,
+                                       budget_tokens=self.settings.memory_budget_tokens,
+                                       count_tokens=self.llm.count_tokens)
+        except Exception:
+            logger.warning("%s: memory recall failed; answering without memories", self.persona.id,
+                           exc_info=True)
+            return []
+
+    def _keep_memories(self, user_text: str) -> None:
+        """Capture what is worth remembering of the user's words, off the reply's path."""
+        memory, policy = self.services.memory, self.persona.memory_policy
+        if memory is not None and policy != "none":
+            self._spawn(memory.capture(self.ctx.user_id, self.persona.id, user_text,
+                                       explicit_only=policy == "explicit"), "memory capture")
+
+    def _log_turn(self, latency_ms: dict[str, float], turn_usage: usage.Usage | None) -> None:
+        store = self.services.store
+        if store is None:
+            return
+        counts = dataclasses.asdict(turn_usage) if turn_usage is not None else {}
+        self._spawn(store.log_turn(self.ctx.session_id, self.ctx.user_id, self.persona.id,
+                                   latency_ms=latency_ms, usage=counts), "turn log")
+        self._spawn(store.touch_session(self.ctx.session_id), "session touch")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Background work of this agent; failures are logged, never raised into the call."""
+        task = asyncio.create_task(coro, name=f"{self.persona.id} {name}")
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("%s failed: %s", task.get_name(), task.exception())
+
+    def _report(self, timer: TurnTimer, turn_usage: usage.Usage | None) -> None:
         stages = timer.stages_ms()
         for stage, ms in stages.items():
             metrics.STAGE_LATENCY.labels(stage).observe(ms / 1000)
         self.emit({"type": "metrics", "latency_ms": stages,
                    "late_frames": getattr(self.speaker, "late_frames", None)})
+        self._log_turn(stages, turn_usage)
 
     async def close(self) -> None:
         for task in (self._interim, self._speculation):
             if task is not None:
                 task.cancel()
         await super().close()
+        if self._background:  # let the turn log and memory capture land
+            await asyncio.wait(self._background, timeout=2)

@@ -12,6 +12,7 @@ from media_server.manager import TooManyCalls
 from personas import Persona
 from signaling.auth import Claims
 from signaling.errors import ApiError, read_json
+from signaling.storage import new_session
 from signaling.keys import AGENTS, CALLS, PERSONAS, SETTINGS, TOKENS
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ async def create_session(request: web.Request) -> web.Response:
     body = await read_json(request) if request.can_read_body else {}
     persona = persona_or_400(request.app, body.get("persona"))
     previous = request.app[TOKENS].from_request(request, required=False)
-    claims = request.app[TOKENS].issue(persona.id, previous.user_id if previous else None)
+    claims = await new_session(request.app, persona.id, previous.user_id if previous else None)
     return web.json_response(session_body(request.app, claims), status=201)
 
 
-def resolve_session(request: web.Request, persona_id: Any, session_id: Any) -> tuple[Claims, Persona]:
+async def resolve_session(request: web.Request, persona_id: Any, session_id: Any) -> tuple[Claims, Persona]:
     """The caller's session (from its token), or a fresh anonymous one for token-less clients."""
     app = request.app
     claims = app[TOKENS].from_request(request, required=False)
@@ -70,7 +71,7 @@ def resolve_session(request: web.Request, persona_id: Any, session_id: Any) -> t
         if session_id:
             raise ApiError(401, "unauthorized", "session_id needs the session's token")
         persona = persona_or_400(app, persona_id)
-        return app[TOKENS].issue(persona.id), persona
+        return await new_session(app, persona.id), persona
     if session_id and session_id != claims.session_id:
         raise ApiError(403, "forbidden", "the token does not belong to that session")
     return claims, persona_or_400(app, persona_id or claims.persona)
@@ -97,7 +98,7 @@ async def offer(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_sdp", 'type must be "offer"')
     if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP:
         raise ApiError(400, "bad_sdp", "sdp must be an SDP offer string (v=0 …)")
-    claims, persona = resolve_session(request, body.get("persona"), body.get("session_id"))
+    claims, persona = await resolve_session(request, body.get("persona"), body.get("session_id"))
     call_id, answer = await start_call(request, claims, persona, sdp)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": claims.session_id, "call_id": call_id}
@@ -110,7 +111,7 @@ async def whip_post(request: web.Request) -> web.Response:
     sdp = await request.text()
     if not sdp.startswith("v=0") or len(sdp) > MAX_SDP:
         raise ApiError(400, "bad_sdp", "body must be an SDP offer")
-    claims, persona = resolve_session(request, request.query.get("persona"), None)
+    claims, persona = await resolve_session(request, request.query.get("persona"), None)
     call_id, answer = await start_call(request, claims, persona, sdp)
     return web.Response(
         status=201, text=answer, content_type="application/sdp",

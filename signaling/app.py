@@ -23,10 +23,10 @@ from parley.config import REPO_ROOT, Settings
 from personas import UnknownPersona, load_personas
 from pipeline.agent import Agent, AgentContext, Emit, create_agent
 from pipeline.services import Services
-from signaling import api, ws
+from signaling import api, storage, ws
 from signaling.auth import TokenIssuer, load_secret
 from signaling.errors import ApiError, error_middleware
-from signaling.keys import AGENTS, CALLS, PERSONAS, SERVICES, SETTINGS, TOKENS
+from signaling.keys import AGENTS, CALLS, MEMORY, PERSONAS, SERVICES, SETTINGS, STORE, TOKENS, WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.persona not in app[PERSONAS]:
         raise ValueError(f"PARLEY_PERSONA={settings.persona!r} is not a known persona")
     app[AGENTS] = agent_factory(app)
+    storage.setup(app)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_calls_ctx)
     app.router.add_get("/", index)
@@ -76,6 +77,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     services = await Services.open(app[SETTINGS])
+    services.memory, services.window, services.store = app[MEMORY], app[WINDOW], app[STORE]
     app[SERVICES] = services
     yield
     await services.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +57,9 @@ class TokenIssuer:
         self._secret = secret
         self._ttl_s = ttl_s
 
-    def issue(self, persona: str, user_id: str | None = None) -> Claims:
-        """A new session (and a new anonymous user unless ``user_id`` is given)."""
-        return Claims(
-            session_id=uuid.uuid4().hex,
-            user_id=user_id or uuid.uuid4().hex,
-            persona=persona,
-            expires_at=int(time.time()) + self._ttl_s,
-        )
+    def claims(self, session_id: str, user_id: str, persona: str) -> Claims:
+        """Claims for a stored session, expiring ``ttl_s`` from now."""
+        return Claims(session_id, user_id, persona, int(time.time()) + self._ttl_s)
 
     def encode(self, claims: Claims) -> str:
         payload = {"sid": claims.session_id, "sub": claims.user_id, "persona": claims.persona,

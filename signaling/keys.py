@@ -8,8 +8,11 @@ from media_server.call import AgentFactory
 from media_server.manager import CallManager
 from parley.config import Settings
 from personas import Persona
+from pipeline.memory import MemoryService
 from pipeline.services import Services
+from pipeline.window import ConversationWindow
 from signaling.auth import TokenIssuer
+from signaling.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 CALLS = web.AppKey("calls", CallManager)
@@ -17,3 +20,6 @@ TOKENS = web.AppKey("tokens", TokenIssuer)
 PERSONAS = web.AppKey("personas", dict[str, Persona])
 AGENTS = web.AppKey("agents", AgentFactory)
 SERVICES = web.AppKey("services", Services)
+STORE = web.AppKey("store", Store)
+MEMORY = web.AppKey("memory", MemoryService)
+WINDOW = web.AppKey("window", ConversationWindow)

@@ -17,7 +17,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    claims, persona = resolve_session(request, request.query.get("persona"), None)
+    claims, persona = await resolve_session(request, request.query.get("persona"), None)
     manager = request.app[CALLS]
     try:
         manager.check_capacity()

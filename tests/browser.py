@@ -43,6 +43,9 @@ import aiohttp
 logger = logging.getLogger(__name__)
 
 CHROMIUM = "/usr/bin/chromium"
+# Every method takes its own ``timeout`` (hence the ASYNC109 exemptions) instead of leaving
+# it to the caller's ``asyncio.timeout``: each DevTools round trip must be bounded even
+# when a test forgets to bound it, or a wedged browser hangs the whole suite.
 LAUNCH_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
@@ -111,7 +114,7 @@ class _Cdp:
         params: dict[str, Any] | None = None,
         *,
         session_id: str | None = None,
-        timeout: float = COMMAND_TIMEOUT_S,
+        timeout: float = COMMAND_TIMEOUT_S,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         if self._reader.done():
             raise BrowserError(f"DevTools connection is closed (sending {method})")
@@ -130,7 +133,8 @@ class _Cdp:
             self._pending.pop(message_id, None)
         if "error" in reply:
             raise BrowserError(f"{method} failed: {reply['error'].get('message', reply['error'])}")
-        return reply.get("result", {})
+        result: dict[str, Any] = reply.get("result", {})
+        return result
 
     async def _read(self) -> None:
         try:
@@ -167,17 +171,31 @@ class Page:
         self._cdp = cdp
         self._session_id = session_id
         self.console: list[ConsoleEntry] = []
-        cdp.on("Runtime.consoleAPICalled", self._on_console)
-        cdp.on("Runtime.exceptionThrown", self._on_exception)
-        cdp.on("Log.entryAdded", self._on_log)
+        self.stalled: list[str] = []  # URLs held by stall_requests()
+        cdp.on("Runtime.consoleAPICalled", self._mine(self._on_console))
+        cdp.on("Runtime.exceptionThrown", self._mine(self._on_exception))
+        cdp.on("Log.entryAdded", self._mine(self._on_log))
+        cdp.on("Fetch.requestPaused", self._mine(self._on_paused))
+
+    def _mine(self, handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        """Only this tab's events (the browser connection carries every session's)."""
+
+        def filtered(message: dict[str, Any]) -> None:
+            if message.get("sessionId") == self._session_id:
+                handler(message)
+
+        return filtered
 
     async def command(
-        self, method: str, params: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT_S
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        timeout: float = COMMAND_TIMEOUT_S,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         """Sends a raw CDP command to this tab."""
         return await self._cdp.send(method, params, session_id=self._session_id, timeout=timeout)
 
-    async def goto(self, url: str, *, timeout: float = 15.0) -> None:
+    async def goto(self, url: str, *, timeout: float = 15.0) -> None:  # noqa: ASYNC109
         """Navigates and waits until the document (and its module scripts) finished loading."""
         result = await self.command("Page.navigate", {"url": url}, timeout=timeout)
         if result.get("errorText"):
@@ -185,7 +203,11 @@ class Page:
         await self.wait_for("document.readyState === 'complete'", timeout=timeout)
 
     async def evaluate(
-        self, expression: str, *, timeout: float = COMMAND_TIMEOUT_S, await_promise: bool = True
+        self,
+        expression: str,
+        *,
+        timeout: float = COMMAND_TIMEOUT_S,  # noqa: ASYNC109
+        await_promise: bool = True,
     ) -> Any:
         """Evaluates JavaScript in the page and returns its value as JSON-like Python data."""
         result = await self.command(
@@ -199,7 +221,13 @@ class Page:
             raise JavaScriptError(exception.get("description") or details.get("text", "error"))
         return result.get("result", {}).get("value")
 
-    async def wait_for(self, expression: str, *, timeout: float, interval: float = 0.1) -> Any:
+    async def wait_for(
+        self,
+        expression: str,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        interval: float = 0.1,
+    ) -> Any:
         """Re-evaluates ``expression`` until it is truthy and returns it; raises on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -237,6 +265,13 @@ class Page:
         await asyncio.to_thread(target.write_bytes, base64.b64decode(result["data"]))
         return target
 
+    async def stall_requests(self, url_pattern: str) -> None:
+        """Leaves every request matching ``url_pattern`` unanswered, like a black-holed network.
+
+        ``url_pattern`` is a DevTools glob (``*`` and ``?``), e.g. ``"*/api/offer"``.
+        """
+        await self.command("Fetch.enable", {"patterns": [{"urlPattern": url_pattern}]})
+
     def console_errors(self) -> list[ConsoleEntry]:
         return [entry for entry in self.console if entry.is_error]
 
@@ -254,6 +289,10 @@ class Page:
         details = message.get("params", {}).get("exceptionDetails", {})
         text = details.get("exception", {}).get("description") or details.get("text", "")
         self.console.append(ConsoleEntry("error", text, "exception"))
+
+    def _on_paused(self, message: dict[str, Any]) -> None:
+        # Deliberately never continued: the page sees a request that never returns.
+        self.stalled.append(message.get("params", {}).get("request", {}).get("url", ""))
 
     def _on_log(self, message: dict[str, Any]) -> None:
         entry = message.get("params", {}).get("entry", {})
@@ -287,7 +326,8 @@ async def open_page(
     args = [chromium, *BASE_FLAGS, f"--user-data-dir={profile}", *extra_args]
     if fake_mic is not None:
         # Only "%noloop" may follow the path; the flag wants an absolute path.
-        args.append(f"--use-file-for-fake-audio-capture={Path(fake_mic).resolve()}%noloop")
+        mic_path = await asyncio.to_thread(os.path.abspath, fake_mic)
+        args.append(f"--use-file-for-fake-audio-capture={mic_path}%noloop")
     args.append("about:blank")
 
     process: asyncio.subprocess.Process | None = None
@@ -304,9 +344,7 @@ async def open_page(
             start_new_session=True,  # its own process group, so cleanup reaches every child
         )
         try:
-            browser_ws = await asyncio.wait_for(
-                _devtools_url(process, stderr_tail), launch_timeout
-            )
+            browser_ws = await asyncio.wait_for(_devtools_url(process, stderr_tail), launch_timeout)
         except TimeoutError:
             raise BrowserError(
                 f"Chromium did not start within {launch_timeout} s:\n" + "\n".join(stderr_tail)
@@ -343,9 +381,7 @@ async def open_page(
         await asyncio.to_thread(shutil.rmtree, profile, ignore_errors=True)
 
 
-async def _devtools_url(
-    process: asyncio.subprocess.Process, tail: collections.deque[str]
-) -> str:
+async def _devtools_url(process: asyncio.subprocess.Process, tail: collections.deque[str]) -> str:
     assert process.stderr is not None
     while line := await process.stderr.readline():
         tail.append(line.decode(errors="replace").rstrip())
@@ -394,8 +430,22 @@ def make_speech_wav(
     raw = target.with_suffix(".espeak.wav")
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), text], check=True, timeout=30)
     subprocess.run(
-        ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer",
-         str(target), "pad", str(lead_silence_s), str(tail_silence_s)],
+        [
+            "sox",
+            str(raw),
+            "-r",
+            str(rate),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            str(target),
+            "pad",
+            str(lead_silence_s),
+            str(tail_silence_s),
+        ],
         check=True,
         timeout=30,
     )
@@ -423,13 +473,14 @@ async def _main() -> int:
     parser.add_argument("--wav", help="fake microphone input")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to stay on the page")
     parser.add_argument("--screenshot", help="PNG to write at the end")
+    parser.add_argument("--flag", action="append", default=[], help="extra Chromium flag")
     options = parser.parse_args()
-    async with open_page(options.url, fake_mic=options.wav) as page:
+    async with open_page(options.url, fake_mic=options.wav, extra_args=tuple(options.flag)) as page:
         await asyncio.sleep(options.seconds)
         parley = await page.evaluate("window.parley || null")
         if options.screenshot:
             await page.screenshot(options.screenshot)
-        report = {
+        report: dict[str, Any] = {
             "state": await page.state(),
             "console_errors": [entry.text for entry in page.console_errors()],
         }

@@ -1,19 +1,34 @@
-"""Shared fixtures: a real Parley server on loopback, and speech made at test time."""
+"""Shared fixtures: real services (Postgres, Redis), a real Parley server on loopback, and
+speech made at test time.
+
+``PARLEY_DATABASE_URL`` / ``PARLEY_REDIS_URL`` point the suite at existing servers; unset,
+it starts its own — an embedded Postgres (pgserver) in a temp dir and a ``redis-server`` on
+a free loopback port — so a fresh machine needs nothing running.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import shutil
+import socket
 import subprocess
+import tempfile
+import uuid
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import numpy as np
 import pytest
 from aiohttp import web
 
 from parley.config import Settings
 from pipeline.audio import RATE, resample
+from signaling.store.postgres import EmbeddedPostgres
 
 
 def espeak(text: str, path: Path, speed: int = 160) -> np.ndarray:
@@ -53,9 +68,91 @@ async def start_server(settings: Settings) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
+def world_traversable_dir() -> Iterator[Path]:
+    """A temp dir for an embedded Postgres, outside pytest's private (0700) tmp tree.
+
+    Run as root, pgserver runs Postgres as a 'pgserver' user and opens up the parent
+    directories for it; pytest re-closes its own base directory at every session start,
+    which would lock out a server started by a concurrent run.
+    """
+    path = Path(tempfile.mkdtemp(prefix="parley-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a Postgres server: $PARLEY_DATABASE_URL, else an embedded one for this run."""
+    url = os.environ.get("PARLEY_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with world_traversable_dir() as directory:
+        server = asyncio.run(EmbeddedPostgres.start(directory / "pg"))
+        yield server.url
+        asyncio.run(server.stop())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server: $PARLEY_REDIS_URL, else a redis-server started for this run."""
+    url = os.environ.get("PARLEY_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed and PARLEY_REDIS_URL is not set")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the server's own word, not a sleep
+        if "Ready to accept connections" in line:
+            break
+    else:
+        pytest.fail(f"redis-server exited with {proc.wait()}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=str(tmp_path / "data"), persona="echo")
+async def database_url(pg_server_url: str) -> AsyncIterator[str]:
+    """A new empty database on the Postgres server, dropped after the test."""
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _with_database(pg_server_url, name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=str(tmp_path / "data"), persona="echo", database_url=database_url)
 
 
 @pytest.fixture

@@ -60,7 +60,9 @@ async def test_barge_in_stops_reply_quickly(url: str, speech: Callable[..., np.n
     interruption = speech("Wait, stop right there please.")
     async with CallClient(url, "echo") as client:
         _, t_reply = await say_and_wait_reply(client, long_pcm)
-        await asyncio.sleep(0.6)  # the echo is now playing
+        # the echo is playing; past the call's first ~1.2 s of agent speech, during which the
+        # echo canceller is still learning whether there is an echo path at all
+        await asyncio.sleep(1.5)
         since = time.monotonic()
         playback = client.say(interruption)
         interrupted = await client.wait_event(lambda e: e["type"] == "interrupted", 10, since)

@@ -29,6 +29,13 @@ def dominant_pitch(pcm: np.ndarray) -> float:
     return float(np.argmax(np.abs(np.fft.rfft(x))) * RATE / pcm.size)
 
 
+def cloud_settings(tmp_path: Path, database_url: str, base_url: str, **fields: object) -> Settings:
+    """Every stage on the OpenAI-compatible server at ``base_url``, chosen by config only."""
+    return Settings(data_dir=str(tmp_path / "data"), database_url=database_url, persona="socrates",
+                    stt="openai", llm="openai", tts="openai", openai_api_key=KEY, openai_base_url=base_url,
+                    **fields)
+
+
 @pytest.fixture
 async def fake() -> FakeOpenAI:
     server = FakeOpenAI(KEY, reply=REPLY, token_delay_s=0.01, default_transcript="What is courage?")
@@ -38,11 +45,10 @@ async def fake() -> FakeOpenAI:
 
 
 async def test_every_stage_comes_from_the_configured_server(
-    fake: FakeOpenAI, tmp_path: Path, speech: Callable[..., np.ndarray], caplog: pytest.LogCaptureFixture
+    fake: FakeOpenAI, tmp_path: Path, database_url: str, speech: Callable[..., np.ndarray], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = Settings(data_dir=str(tmp_path / "data"), persona="socrates", stt="openai", llm="openai",
-                        tts="openai", openai_api_key=KEY, openai_base_url=fake.base_url)
+    settings = cloud_settings(tmp_path, database_url, fake.base_url)
     runner, url = await start_server(settings)
     try:
         async with CallClient(url, "socrates") as client:
@@ -66,3 +72,72 @@ async def test_every_stage_comes_from_the_configured_server(
         assert fake.requests(route), f"nothing was asked of {route}"
         assert all(r.authorized for r in fake.requests(route))
     assert KEY not in json.dumps(events) and KEY not in caplog.text
+
+
+async def ask(url: str, persona: str, text: str, since: float | None = None) -> tuple[CallClient, dict]:
+    """Open a call, type ``text``, wait for the whole spoken reply; returns (client, llm-done)."""
+    client = CallClient(url, persona)
+    await client.connect()
+    since = time.monotonic()
+    client.send({"type": "text", "text": text})
+    done = await client.wait_event(lambda e: e["type"] == "llm-done", timeout=30, since=since)
+    await client.wait_event(lambda e: e["type"] == "tts-end", timeout=30, since=since)
+    return client, done
+
+
+async def test_flagged_reply_sentence_is_replaced_before_it_is_spoken(fake: FakeOpenAI, tmp_path: Path, database_url: str) -> None:
+    from pipeline.moderation import safe_reply
+
+    fake.reply = "Here is a thought. Now some gruesome details follow."
+    fake.flag_words = {"gruesome": "violence"}
+    settings = cloud_settings(tmp_path, database_url, fake.base_url, moderation="openai")
+    runner, url = await start_server(settings)
+    try:
+        client, done = await ask(url, "socrates", "Tell me something.")
+        await client.close()
+    finally:
+        await runner.cleanup()
+    spoken = [r.body["input"] for r in fake.requests("speech")]
+    assert done["text"] == "Here is a thought. " + safe_reply("Socrates")
+    assert not any("gruesome" in text for text in spoken)
+    assert safe_reply("Socrates") in spoken
+
+
+async def test_spent_budget_is_said_instead_of_calling_the_model(fake: FakeOpenAI, tmp_path: Path, database_url: str) -> None:
+    from pipeline.usage import budget_notice
+
+    settings = cloud_settings(tmp_path, database_url, fake.base_url, user_daily_token_budget=5)
+    runner, url = await start_server(settings)
+    try:
+        client, first = await ask(url, "socrates", "Hello?")
+        since = time.monotonic()
+        client.send({"type": "text", "text": "And again?"})
+        second = await client.wait_event(lambda e: e["type"] == "llm-done", timeout=30, since=since)
+        await client.close()
+    finally:
+        await runner.cleanup()
+    assert first["text"] == REPLY
+    assert second["text"] == budget_notice()
+    assert len(fake.requests("chat")) == 1
+
+
+async def test_unreachable_backend_falls_back_to_local_within_two_seconds(tmp_path: Path, database_url: str) -> None:
+    from tests.fake_openai import dead_url
+
+    settings = cloud_settings(tmp_path, database_url, dead_url())
+    runner, url = await start_server(settings)
+    try:
+        client = CallClient(url, "socrates")
+        await client.connect()
+        since = time.monotonic()
+        client.send({"type": "text", "text": "What is virtue?"})
+        done = await client.wait_event(lambda e: e["type"] == "llm-done", timeout=60, since=since)
+        await client.close()
+    finally:
+        await runner.cleanup()
+    assert done["text"], "the local fallback answered"
+    voiced = client.voiced_between(since)
+    assert voiced, "nothing was heard"
+    dead_air = voiced[0].t - since
+    print(f"backend down: first audio {dead_air * 1000:.0f} ms after the question")
+    assert dead_air <= 2.0

@@ -53,7 +53,7 @@ async def test_barge_in_keeps_only_what_was_heard(url: str, speech: Callable[...
     async with CallClient(url, "storyteller") as client:
         since = time.monotonic()
         await say_and_wait_reply(client, speech("Tell me a long story about a dragon and a knight."))
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.0)  # past the echo canceller's start-of-call guard (~1.2 s)
         interruption = speech("Wait, stop, I have a question.")
         playback = client.say(interruption)
         cut = await client.wait_event(lambda e: e["type"] == "interrupted", timeout=15, since=since)

@@ -1,0 +1,70 @@
+// HTTP calls to the Parley signaling server (DESIGN.md, "HTTP").
+// Paths are relative so the page also works when served under a path prefix.
+
+/** A non-2xx answer; `code` and `message` come from the server's `{"error": {...}}` body. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function request(path, { method = 'GET', body, token, signal } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(new URL(path, document.baseURI), {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
+  });
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    // Error pages from proxies are not JSON; the status line is all we can report.
+  }
+  if (!response.ok) {
+    const error = (payload && payload.error) || {};
+    throw new ApiError(
+      response.status,
+      error.code || `http-${response.status}`,
+      error.message || response.statusText || `HTTP ${response.status}`,
+    );
+  }
+  return payload;
+}
+
+/** `[{id, name, description, voice}]` */
+export function listPersonas(signal) {
+  return request('api/personas', { signal });
+}
+
+/**
+ * Opens a session: `{session_id, user_id, token, expires_at, ice_servers}`.
+ * Passing the previous token keeps the same user across reconnects; if that token
+ * has expired we simply start over as a new user.
+ */
+export async function createSession(persona, previousToken, signal) {
+  try {
+    return await request('api/sessions', { method: 'POST', body: { persona }, token: previousToken, signal });
+  } catch (error) {
+    if (previousToken && error instanceof ApiError && error.status === 401) {
+      return request('api/sessions', { method: 'POST', body: { persona }, signal });
+    }
+    throw error;
+  }
+}
+
+/** Sends the complete (non-trickle) offer and returns `{sdp, type: "answer", session_id}`. */
+export function postOffer({ sdp, persona, sessionId, token, signal }) {
+  return request('api/offer', {
+    method: 'POST',
+    body: { sdp, type: 'offer', persona, session_id: sessionId },
+    token,
+    signal,
+  });
+}
