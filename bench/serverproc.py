@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,14 +24,16 @@ def free_port() -> int:
 @contextmanager
 def parley_servers(count: int, env: dict[str, str] | None = None) -> Iterator[list[str]]:
     """``count`` single-worker servers on their own ports (so each one's metrics can be read)."""
-    data = tempfile.mkdtemp(prefix="parley-bench-")
-    procs, urls = [], []
-    base_env = {**os.environ, "PARLEY_DATA_DIR": data, "PARLEY_LOG_LEVEL": "WARNING", **(env or {})}
+    procs, urls, dirs = [], [], []
+    base_env = {**os.environ, "PARLEY_LOG_LEVEL": "WARNING", **(env or {})}
     try:
         for _ in range(count):
             port = free_port()
+            # each its own data dir: an embedded Milvus Lite file serves one process only
+            data = tempfile.mkdtemp(prefix="parley-bench-")
+            dirs.append(data)
             procs.append(subprocess.Popen([sys.executable, "-m", "parley", "serve", "--port", str(port)],
-                                          env=base_env, stdout=subprocess.DEVNULL))
+                                          env={**base_env, "PARLEY_DATA_DIR": data}, stdout=subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
             wait_healthy(url)
@@ -40,6 +43,8 @@ def parley_servers(count: int, env: dict[str, str] | None = None) -> Iterator[li
             p.terminate()
         for p in procs:
             p.wait(timeout=20)
+        for data in dirs:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 def wait_healthy(url: str, timeout: float = 120.0) -> None:

@@ -3,9 +3,8 @@
 Two layers: a regex blocklist from ``PARLEY_BLOCKLIST`` (a file path, or a comma list)
 that costs nothing and always runs, and — when the OpenAI backend is in use — the
 moderation model. Replies are checked sentence by sentence, *before* each sentence goes
-to TTS, because a spoken word cannot be taken back; :meth:`Moderator.filter_reply` sits
-between the sentence chunker and TTS and swaps the first flagged sentence for the
-persona's :func:`safe_reply`, then stops the reply.
+to TTS, because a spoken word cannot be taken back: the voice agent swaps the first
+flagged sentence for the persona's :func:`safe_reply` and stops the reply there.
 
 A failing or slow moderation model does not block the conversation: the blocklist has
 already run, the model error is counted (``parley_backend_errors_total{stage="moderation"}``)
@@ -17,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -123,23 +122,6 @@ class Moderator:
     async def check_reply(self, sentence: str) -> Verdict:
         """Check one LLM sentence before it is spoken."""
         return await self._check("reply", sentence)
-
-    async def filter_reply(self, sentences: AsyncIterator[str], persona: str) -> AsyncIterator[str]:
-        """Pass clean sentences through; replace the first flagged one and end the reply.
-
-        Ending (and closing ``sentences``, which cancels the LLM stream) rather than
-        skipping: the sentences after a flagged one usually continue the same thought.
-        """
-        try:
-            async for sentence in sentences:
-                if not (await self.check_reply(sentence)).allowed:
-                    yield safe_reply(persona)
-                    return
-                yield sentence
-        finally:
-            aclose = getattr(sentences, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     async def _check(self, stage: str, text: str) -> Verdict:
         verdict = ALLOWED

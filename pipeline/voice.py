@@ -124,9 +124,15 @@ class VoiceAgent(Agent):
         End of turn needs a few hundred ms more silence; decoding during that wait takes
         STT off the critical path. If the user speaks again the result is discarded.
         """
-        self._speculation = asyncio.create_task(
-            self.stt.transcribe(self.turns.utterance(), final=True), name="stt-speculative"
-        )
+        task = asyncio.create_task(self.stt.transcribe(self.turns.utterance(), final=True),
+                                   name="stt-speculative")
+        task.add_done_callback(self._hint_from_speculation)
+        self._speculation = task
+
+    def _hint_from_speculation(self, task: asyncio.Task[str]) -> None:
+        """A finished sentence in the speculative transcript lets the turn end sooner."""
+        if task is self._speculation and not task.cancelled() and task.exception() is None:
+            self.turns.hint_transcript(task.result())
 
     async def _interim_transcript(self) -> None:
         audio = self.turns.utterance()

@@ -53,6 +53,11 @@ def run_worker(settings: Settings, reuse_port: bool = False) -> None:
 
 def serve(settings: Settings) -> int:
     workers = settings.workers or os.cpu_count() or 1
+    if workers > 1 and not settings.milvus_uri.startswith(("http://", "https://")):
+        raise ValueError(
+            f"{workers} workers need a Milvus server (PARLEY_MILVUS_URI=http://…): the embedded "
+            "Milvus Lite file can be opened by one process only"
+        )
     if workers == 1:
         run_worker(settings)
         return 0

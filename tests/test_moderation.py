@@ -34,14 +34,6 @@ def flags(stage: str, source: str) -> float:
     return REGISTRY.get_sample_value("parley_moderation_flags_total", labels) or 0.0
 
 
-async def sentences(items: list[str], closed: list[bool]) -> AsyncIterator[str]:
-    try:
-        for item in items:
-            yield item
-    finally:
-        closed.append(True)
-
-
 def test_safe_reply_matches_the_persona_by_id_or_name() -> None:
     assert safe_reply("holmes") == safe_reply("Sherlock Holmes") != safe_reply("socrates")
     assert safe_reply("storyteller") != safe_reply("someone new") != ""
@@ -85,21 +77,19 @@ async def test_the_model_flags_what_the_blocklist_misses(
     assert flags("user", "model") == before + 1
 
 
-async def test_a_flagged_reply_sentence_is_replaced_and_the_reply_ends(
+async def test_reply_sentences_are_checked_one_by_one(
     fake: FakeOpenAI, model: OpenAIModeration
 ) -> None:
+    """The agent replaces the first flagged sentence (tests/test_cloud_call.py); here the
+    per-sentence verdicts it relies on."""
     moderator = Moderator(Blocklist(["darn"]), model)
     before = flags("reply", "model")
-    closed: list[bool] = []
-    reply = ["The butler was home.", "Then he took a knife to stab the cook.", "Next, the garden."]
-    spoken = [s async for s in moderator.filter_reply(sentences(reply, closed), "holmes")]
-    assert spoken == ["The butler was home.", safe_reply("holmes")]
-    assert closed == [True]  # the LLM stream upstream is closed, not drained
+    reply = ["The butler was home.", "Then he took a knife to stab the cook."]
+    verdicts = [await moderator.check_reply(sentence) for sentence in reply]
+    assert verdicts == [ALLOWED, Verdict(False, "model", ("violence",))]
     assert flags("reply", "model") == before + 1
-    blocked = [
-        s async for s in moderator.filter_reply(sentences(["Darn.", "Fine."], []), "socrates")
-    ]
-    assert blocked == [safe_reply("socrates")]
+    assert await moderator.check_reply("Darn.") == Verdict(False, "blocklist")
+    assert safe_reply("holmes") != safe_reply("socrates")
 
 
 async def test_a_failing_model_lets_text_through_and_is_counted(

@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.dsp.base import FRAME_MS, FrameMeta
 
+ECHO_ONSET_PROBABILITY = 0.6
 TRAILING_WORDS = frozenset({"and", "so", "um", "uh", "erm", "but", "because", "or"})
 _SENTENCE_END = re.compile(r"[.?!]['\")\]]*\s*$")
 _LAST_WORD = re.compile(r"([a-z']+)\W*$")
@@ -157,10 +158,12 @@ class TurnDetector:
         """Is this frame a possible speech onset?"""
         if meta.echo_uncertain:
             return False
+        if meta.echo_active:
+            # residual echo often passes one detector, or rides the speech gate's hangover:
+            # while the agent may be audible, onset needs both opinions on this very frame
+            return meta.maybe_speech and meta.speech_probability >= ECHO_ONSET_PROBABILITY
         if meta.is_speech:
             return True
-        if meta.echo_active:  # residual echo often passes the VAD alone: want both opinions
-            return False
         return meta.maybe_speech and meta.level_db >= meta.noise_level_db + self.onset_snr_db
 
     def _idle(self, meta: FrameMeta) -> TurnEvent | None:
