@@ -34,6 +34,7 @@ QUESTIONS = (
     "Do we have free will?",
 )
 STAGES = ("stt", "llm_first_token", "tts_first_audio")
+SERVER_STAGES = ("stt", "llm_first_token", "llm_first_piece", "tts_first_audio", "first_frame")
 
 
 def _questions(directory: Path, count: int) -> list[Path]:
@@ -53,9 +54,9 @@ def _pct(values: list[float], q: float) -> float:
 async def _turns(url: str, wavs: list[Path], persona: str) -> list[dict[str, Any]]:
     results = []
     for wav in wavs:
-        r = await run_call(url, wav, persona, timeout=60)
+        r = await run_call(url, wav, persona, timeout=60, detail=True)
         results.append({"question": wav.name, "transcript": r["transcript"], "reply_text": r["reply_text"],
-                        "latency_ms": r["latency_ms"], "frames": r["frames"]})
+                        "latency_ms": r["latency_ms"], "server_ms": r["server_ms"], "frames": r["frames"]})
         print(f"   turn {len(results)}: {r['latency_ms']}", flush=True)
     return results
 
@@ -73,9 +74,14 @@ def run(out_dir: Path, quick: bool = False, persona: str = "socrates") -> dict[s
         "turn_p95_ms": _pct(turn_ms, 0.95) if turn_ms else None,
         "warmup_turn_ms": warmup["latency_ms"]["turn"],
     }
-    for stage in STAGES:
-        values = [t["latency_ms"][stage] for t in measured if t["latency_ms"].get(stage) is not None]
+    for stage in SERVER_STAGES:
+        values = [t["server_ms"][stage] for t in measured if t["server_ms"].get(stage) is not None]
         summary[f"{stage}_p50_ms"] = round(statistics.median(values), 1) if values else None
+    # the rest of the turn: end-of-turn wait before the server's clock starts, plus the
+    # network and the client's jitter buffer after the first frame leaves
+    summary["eot_wait_and_network_p50_ms"] = round(
+        statistics.median(t["latency_ms"]["turn"] - t["server_ms"].get("first_frame", 0) for t in measured), 1
+    ) if measured else None
     result = {"persona": persona, "summary": summary, "turns": turns}
     (out_dir / "latency.json").write_text(json.dumps(result, indent=1))
     _plot(measured, summary, out_dir / "latency.png")
@@ -94,7 +100,8 @@ def _plot(turns: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> N
     left.set_xlabel("turn")
     left.set_ylabel("client-measured turn latency (ms)")
     left.legend()
-    right.boxplot([[t["latency_ms"].get(s) or 0 for t in turns] for s in STAGES], tick_labels=list(STAGES))
+    right.boxplot([[t["server_ms"].get(s) or 0 for t in turns] for s in SERVER_STAGES],
+                  tick_labels=[s.replace("_", "\n") for s in SERVER_STAGES])
     right.set_ylabel("server stage duration (ms)")
     fig.suptitle("Parley turn latency, local models, 2-core CPU")
     fig.tight_layout()

@@ -79,14 +79,18 @@ def summarize_turn(client: CallClient, t_start: float, t_speech_end: float) -> d
             "tts_first_audio": server.get("tts_first_audio"),
         },
         "audio": client.audio_between(reply_start, voiced[-1].t + 0.01) if voiced else None,
+        "server_ms": server,
     }
 
 
 async def run_call(
     url: str, wav: Path, persona: str | None, turns: int = 1, out: Path | None = None,
-    timeout: float = 60.0,
+    timeout: float = 60.0, detail: bool = False,
 ) -> dict[str, Any]:
-    """The whole ``parley call``: returns the contract JSON object (DESIGN.md, CLI)."""
+    """The whole ``parley call``: returns the contract JSON object (DESIGN.md, CLI).
+
+    ``detail`` adds ``server_ms``: every stage the server reported (benchmarks use it).
+    """
     pcm = np.concatenate((read_wav(wav), np.zeros(RATE // 2, np.int16)))
     async with CallClient(url.rstrip("/"), persona) as client:
         results = []
@@ -94,6 +98,9 @@ async def run_call(
             results.append(await run_turn(client, pcm, timeout))
         frames = {"received": client.frames_received, "late": client.frames_late}
     audio = [r.pop("audio") for r in results]
+    if not detail:
+        for r in results:
+            r.pop("server_ms")
     if out is not None:
         voiced = [a for a in audio if a is not None]
         write_wav(out, np.concatenate(voiced) if voiced else np.zeros(0, np.int16))

@@ -69,7 +69,7 @@ def _has_key() -> bool:
 
 
 def _tool_checks() -> list[Check]:
-    tools: dict[str, str] = {"chromium": "browser tests", "espeak-ng": "test speech", "redis-server": "shared-state tests"}
+    tools = {"chromium": "browser tests", "espeak-ng": "test speech", "redis-server": "shared-state tests"}
     return [(f"tool {t}", shutil.which(t) is not None, why) for t, why in tools.items()]
 
 

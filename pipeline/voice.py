@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from parley import metrics
+from pipeline import usage
 from pipeline.agent import Agent, AgentContext, Emit, Playout, Speaker
 from pipeline.chunker import SentenceChunker
-from pipeline import usage
 from pipeline.llm import LLM, Message
 from pipeline.moderation import safe_reply
 from pipeline.prompt import build_messages, generation_params, speech_speed
@@ -37,7 +37,7 @@ from pipeline.window import open_window
 logger = logging.getLogger(__name__)
 
 INTERIM_EVERY_S = 0.4  # re-decode the growing utterance this often while the user talks
-SPECULATE_AFTER_FRAMES = 10  # 100 ms of silence: decode the utterance as if it had ended
+SPECULATE_AFTER_FRAMES = 6  # 60 ms of silence: decode the utterance as if it had ended
 
 
 #: stage -> (start mark, end mark). Stages follow each other, so they add up to the time
@@ -255,7 +255,7 @@ class VoiceAgent(Agent):
                 timer.mark("llm_first_token")
                 reply.append(token)
                 self.emit({"type": "llm-token", "token": token})
-                for piece in chunker.push(token):
+                for piece in filter(None, map(self._unlabelled, chunker.push(token))):
                     timer.mark("first_piece")
                     pieces.put_nowait(piece)
         finally:
@@ -303,6 +303,12 @@ class VoiceAgent(Agent):
         finally:
             await stream.aclose()
         return spoken.playouts[-1] if spoken.playouts else None
+
+    def _unlabelled(self, piece: str) -> str:
+        """Drop a leading "Socrates:" — small models copy the speaker labels of the prompt's
+        example dialogue, and the persona should not announce itself."""
+        label = f"{self.persona.name}:"
+        return piece[len(label):].lstrip() if piece.startswith(label) else piece
 
     def _spoken_text(self) -> str:
         return " ".join(piece.text for piece in self._spoken)

@@ -12,8 +12,8 @@ from media_server.manager import TooManyCalls
 from personas import Persona
 from signaling.auth import Claims
 from signaling.errors import ApiError, read_json
-from signaling.storage import new_session
 from signaling.keys import AGENTS, CALLS, PERSONAS, SETTINGS, TOKENS
+from signaling.storage import new_session
 
 logger = logging.getLogger(__name__)
 

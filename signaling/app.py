@@ -7,6 +7,7 @@ process exits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -97,7 +98,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def static_file(request: web.Request) -> web.StreamResponse:
     path: Path = WEB_DIR / request.match_info["name"]
-    if not path.is_file():
+    if not await asyncio.to_thread(path.is_file):
         raise ApiError(404, "not_found", f"no such file: {request.match_info['name']}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 

@@ -6,6 +6,10 @@ import aiohttp
 import pytest
 
 OFFER_PREFIX = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+BROKEN_AUDIO = OFFER_PREFIX + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nbroken"
+PLAIN_RTP = OFFER_PREFIX + "m=audio 9 RTP/AVP 0\r\n"
+SDP = {"Content-Type": "application/sdp"}
+JSON = {"Content-Type": "application/json"}
 
 
 async def error_of(response: aiohttp.ClientResponse) -> tuple[int, str]:
@@ -59,14 +63,15 @@ async def test_session_token_keeps_user(url: str) -> None:
         ("/api/offer", {"json": {"sdp": "hello", "type": "offer"}}, 400, "bad_sdp"),
         ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "answer"}}, 400, "bad_sdp"),
         ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "offer"}}, 400, "bad_sdp"),
-        ("/api/offer", {"json": {"sdp": OFFER_PREFIX + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nbroken", "type": "offer"}}, 400, "bad_sdp"),
-        ("/api/offer", {"json": {"sdp": OFFER_PREFIX + "m=audio", "type": "offer", "persona": "nobody"}}, 400, "unknown_persona"),
+        ("/api/offer", {"json": {"sdp": BROKEN_AUDIO, "type": "offer"}}, 400, "bad_sdp"),
+        ("/api/offer", {"json": {"sdp": OFFER_PREFIX + "m=audio", "type": "offer", "persona": "x"}},
+         400, "unknown_persona"),
         ("/api/offer", {"json": {"sdp": 42, "type": "offer"}}, 400, "bad_sdp"),
         ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "offer", "session_id": "x"}}, 401, "unauthorized"),
         ("/api/offer", {"data": "x" * 300_000, "headers": {"Content-Type": "application/json"}}, 413, "body_too_large"),
         ("/whip", {"data": OFFER_PREFIX, "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
-        ("/whip", {"data": "garbage", "headers": {"Content-Type": "application/sdp"}}, 400, "bad_sdp"),
-        ("/whip", {"data": OFFER_PREFIX + "m=audio 9 RTP/AVP 0\r\n", "headers": {"Content-Type": "application/sdp"}}, 400, "bad_sdp"),
+        ("/whip", {"data": "garbage", "headers": SDP}, 400, "bad_sdp"),
+        ("/whip", {"data": PLAIN_RTP, "headers": SDP}, 400, "bad_sdp"),
     ],
 )
 async def test_bad_input_is_a_json_4xx(url: str, path: str, kwargs: dict, status: int, code: str) -> None:

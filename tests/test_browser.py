@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.serverproc import scrape
 from tests.browser import CHROMIUM, energy_by_state, make_speech_wav, open_page
 
 pytestmark = [
@@ -108,6 +109,9 @@ class ParleyServer:
             return "(no log)"
 
 
+FRAME_COUNTERS = ("parley_frames_sent_total", "parley_frames_late_total")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -181,6 +185,7 @@ async def test_echo_call_walks_states_and_plays_audio(
     parley_server: ParleyServer, speech_wav: Path, transport: str
 ) -> None:
     query = "persona=echo&autostart=1" + ("&transport=ws" if transport == "ws" else "")
+    frames_before = scrape(parley_server.url, FRAME_COUNTERS)
     async with open_page(f"{parley_server.url}/?{query}", fake_mic=speech_wav) as page:
         await page.wait_for(ECHOED_JS, timeout=30)
         await asyncio.sleep(0.3)  # the last samples of the reply's tail
@@ -212,6 +217,10 @@ async def test_echo_call_walks_states_and_plays_audio(
         tts = parley["stats"]["tts"]
         assert tts["chunks"] > 0 and tts["seconds"] >= 1.0, tts
         assert tts["peakRms"] > 0.02, tts
+
+    frames = {k: v - frames_before[k] for k, v in scrape(parley_server.url, FRAME_COUNTERS).items()}
+    print(f"browser {transport} call: server sent {frames[FRAME_COUNTERS[0]]:.0f} frames, "
+          f"{frames[FRAME_COUNTERS[1]]:.0f} late")
 
     # Hanging up must end the call on the server too, not leave it to time out.
     # (The server has no event to wait on from here, so poll /health for up to 10 s.)

@@ -45,7 +45,8 @@ async def fake() -> FakeOpenAI:
 
 
 async def test_every_stage_comes_from_the_configured_server(
-    fake: FakeOpenAI, tmp_path: Path, database_url: str, speech: Callable[..., np.ndarray], caplog: pytest.LogCaptureFixture
+    fake: FakeOpenAI, tmp_path: Path, database_url: str, speech: Callable[..., np.ndarray],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = cloud_settings(tmp_path, database_url, fake.base_url)
@@ -85,7 +86,9 @@ async def ask(url: str, persona: str, text: str, since: float | None = None) -> 
     return client, done
 
 
-async def test_flagged_reply_sentence_is_replaced_before_it_is_spoken(fake: FakeOpenAI, tmp_path: Path, database_url: str) -> None:
+async def test_flagged_reply_sentence_is_replaced_before_it_is_spoken(
+    fake: FakeOpenAI, tmp_path: Path, database_url: str
+) -> None:
     from pipeline.moderation import safe_reply
 
     fake.reply = "Here is a thought. Now some gruesome details follow."
@@ -103,7 +106,9 @@ async def test_flagged_reply_sentence_is_replaced_before_it_is_spoken(fake: Fake
     assert safe_reply("Socrates") in spoken
 
 
-async def test_spent_budget_is_said_instead_of_calling_the_model(fake: FakeOpenAI, tmp_path: Path, database_url: str) -> None:
+async def test_spent_budget_is_said_instead_of_calling_the_model(
+    fake: FakeOpenAI, tmp_path: Path, database_url: str
+) -> None:
     from pipeline.usage import budget_notice
 
     settings = cloud_settings(tmp_path, database_url, fake.base_url, user_daily_token_budget=5)

@@ -45,10 +45,9 @@ def system_prompt_of_last_chat(fake: FakeOpenAI) -> str:
     return fake.requests("chat")[-1].body["messages"][0]["content"]
 
 
-async def test_memory_survives_a_restart_and_reaches_the_prompt(
-    fake: FakeOpenAI, tmp_path: Path, database_url: str
-) -> None:
-    settings = llm_on(fake, tmp_path, database_url)
+async def test_memory_survives_a_restart_and_reaches_the_prompt(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """No service URL configured, as with ``make run``: embedded Postgres + Milvus Lite."""
+    settings = llm_on(fake, tmp_path, database_url="")
     runner, url = await start_server(settings)
     try:
         async with CallClient(url, "socrates") as client:

@@ -68,3 +68,8 @@ export function postOffer({ sdp, persona, sessionId, token, signal }) {
     signal,
   });
 }
+
+/** Rethrow an aborted signal's reason: lets a long connect sequence stop between steps. */
+export function throwIfAborted(signal) {
+  if (signal.aborted) throw signal.reason;
+}

@@ -1,6 +1,6 @@
 // WebRTC transport: microphone up, agent audio down, events on the DataChannel "events".
 
-import { postOffer } from './api.js';
+import { postOffer, throwIfAborted } from './api.js';
 
 // With no STUN/TURN servers (the offline default) host candidates are gathered in
 // milliseconds; with a STUN server that never answers, gathering can hang for ~40 s.
@@ -114,10 +114,6 @@ export class RtcTransport {
     this.close();
     this.onLost(reason);
   }
-}
-
-function throwIfAborted(signal) {
-  if (signal.aborted) throw signal.reason;
 }
 
 function waitForOpen(pc, channel, signal) {

@@ -5,6 +5,7 @@
 // TCP retransmits instead of dropping, so this path adds latency under loss; it is a
 // fallback, not the main road.
 
+import { throwIfAborted } from './api.js';
 import { PcmPlayer, SAMPLE_RATE, base64ToFloat32, int16ToBase64 } from './audio.js';
 
 const CHUNK_MS = 20;
@@ -155,10 +156,6 @@ export class WsTransport {
     this.close();
     this.onLost(reason);
   }
-}
-
-function throwIfAborted(signal) {
-  if (signal.aborted) throw signal.reason;
 }
 
 function waitForOpen(socket, signal) {

@@ -136,7 +136,7 @@ def _is_speech(text: str, no_speech_prob: float, level: float) -> bool:
     return not (suspect and words in HALLUCINATIONS)
 
 
-@register("stt", "local", key=lambda s: (s.stt_model, s.llm_threads))
+@register("stt", "local", key=lambda s: (s.stt_model, s.stt_threads))
 class WhisperSTT(STT):
     """faster-whisper on one model thread; requests from all calls queue on it."""
 
@@ -147,7 +147,7 @@ class WhisperSTT(STT):
         started = time.perf_counter()
         # The thread count is shared with the LLM setting until Settings grows an STT one.
         self._model = WhisperModel(
-            str(model_dir), device="cpu", compute_type="int8", cpu_threads=settings.llm_threads
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=settings.stt_threads
         )
         logger.info(
             "whisper %s loaded from %s in %.2f s",
