@@ -199,6 +199,8 @@ def _report(samples: dict[str, list[float]], mean_recalled: float, load: dict[st
             "cpus": os.cpu_count(), "python": platform.python_version(),
         },
     }
+    recall = result["latency_ms"]["recall"]
+    result["summary"] = {"memories": MEMORIES, "recall_p50_ms": recall["p50"], "recall_p95_ms": recall["p95"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(samples, out_dir / "memory.png")
