@@ -25,11 +25,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.agent_track import AgentTrack
 from media_server.events import DataChannelEvents, EventSink, event
-from media_server.frames import InboundConverter
 from media_server.tuning import set_audio_jitter_prefetch
 from parley import metrics
 from parley.config import Settings
 from pipeline.agent import Agent, Emit
+from pipeline.dsp.resample import FrameResampler
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ class Call:
 
     async def consume(self, track: MediaStreamTrack) -> None:
         """Read an inbound audio track until it ends, feeding the agent."""
-        converter = InboundConverter()
+        converter = FrameResampler()
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 break
             metrics.FRAMES_RECEIVED.inc()
-            self.feed(converter.convert(frame), time.monotonic())
+            self.feed(converter.push(frame), time.monotonic())
         if not self._closing:
             self.spawn(self.close("remote track ended"), "close")
 

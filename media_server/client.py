@@ -22,9 +22,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.agent_track import AgentTrack, Playback
-from media_server.frames import InboundConverter
 from media_server.tuning import set_audio_jitter_prefetch
 from pipeline.audio import FRAME_10MS, RATE, rms_dbfs
+from pipeline.dsp.resample import FrameResampler
 
 VOICE_DBFS = -45.0  # a received 10 ms frame louder than this carries the agent's voice
 LATE_S = 0.04  # a frame arriving this much behind its media-time schedule counts as late
@@ -96,7 +96,7 @@ class CallClient:
         self._tasks.append(asyncio.create_task(self._record(track), name="client recorder"))
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        converter = InboundConverter()
+        converter = FrameResampler()
         base: float | None = None  # earliest (arrival - media time) seen: the on-time schedule
         with contextlib.suppress(MediaStreamError):
             while True:
@@ -107,7 +107,7 @@ class CallClient:
                 base = offset if base is None else min(base, offset)
                 if offset - base > LATE_S:
                     self.frames_late += 1
-                for i, pcm in enumerate(converter.convert(frame)):
+                for i, pcm in enumerate(converter.push(frame)):
                     self.received.append(Received(t + i * 0.01, pcm))
 
     def _on_message(self, raw: str) -> None:

@@ -13,14 +13,13 @@ import binascii
 import time
 from typing import Any
 
-import av
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from media_server.call import AgentFactory, Call, CallSession
 from media_server.events import WebSocketEvents, event
-from media_server.frames import InboundConverter
 from pipeline.audio import RATE
+from pipeline.dsp.resample import FrameResampler
 
 ALLOWED_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -32,7 +31,7 @@ class WsCall(Call):
         self.ws = ws
         self._ws_events = WebSocketEvents(ws)
         super().__init__(session, self._ws_events, agent_factory)
-        self._converters: dict[int, InboundConverter] = {}
+        self._converters: dict[int, FrameResampler] = {}
 
     async def run(self) -> None:
         """Serve the socket until the client leaves, then tear the call down."""
@@ -64,11 +63,8 @@ class WsCall(Call):
         except (ValueError, binascii.Error, TypeError) as exc:
             self.events.send(event("error", code="bad_audio", message=str(exc)))
             return
-        pcm = np.frombuffer(raw, dtype="<i2").reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = rate
-        converter = self._converters.setdefault(rate, InboundConverter())
-        self.feed(converter.convert(frame), time.monotonic())
+        converter = self._converters.setdefault(rate, FrameResampler())
+        self.feed(converter.push_pcm(np.frombuffer(raw, dtype="<i2"), rate), time.monotonic())
 
     async def _pump(self) -> None:
         """Pull the paced track like an RTP sender would; forward frames that carry voice."""
