@@ -41,7 +41,7 @@ class Settings:
     token_ttl_s: int = _setting(3600, "PARLEY_TOKEN_TTL", "session token lifetime in seconds")
     ice_servers: str = _setting("", "PARLEY_ICE_SERVERS", "comma-separated STUN/TURN URLs given to peers; empty = none (offline)")
     max_body_bytes: int = _setting(262144, "PARLEY_MAX_BODY", "largest accepted HTTP request body in bytes")
-    max_calls: int = _setting(64, "PARLEY_MAX_CALLS", "concurrent calls per worker before new ones get 503")
+    max_calls: int = _setting(32, "PARLEY_MAX_CALLS", "concurrent calls per worker before new ones get 503 (one process carries ~30 with uvloop)")
     persona: str = _setting("socrates", "PARLEY_PERSONA", "persona used when a request names none")
     jitter_prefetch: int = _setting(2, "PARLEY_JITTER_PREFETCH", "inbound audio jitter-buffer depth in 20 ms packets (aiortc's default is 4)")
     eot_silence_ms: int = _setting(500, "PARLEY_EOT_SILENCE_MS", "silence that ends a user turn (adjusted by the end-of-turn rules)")
