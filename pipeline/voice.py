@@ -181,7 +181,6 @@ class VoiceAgent(Agent):
         self.set_state("thinking")
         history = await self.window.load(self.ctx.session_id)
         await self.window.append(self.ctx.session_id, Message("user", user_text))
-        self._keep_memories(user_text)
         turn_usage: usage.Usage | None = None
         try:
             if not (await self.services.moderator.check_user(user_text)).allowed:
@@ -189,6 +188,7 @@ class VoiceAgent(Agent):
             elif not await self.services.budget.check(self.ctx.user_id):
                 await self._say(budget_notice(), timer)
             else:
+                self._keep_memories(user_text)  # only words that passed moderation
                 with usage.track() as turn_usage:
                     await self._converse(history, user_text, timer, turn_usage)
                 await self.services.budget.charge(self.ctx.user_id, turn_usage)
