@@ -61,8 +61,15 @@ def _piper_voice() -> Any:
 
 
 def piper(text: str) -> np.ndarray:
-    """Synthesise the agent's voice (the local TTS the server uses); float32 at 48 kHz."""
-    chunks = list(_piper_voice().synthesize(text))
+    """Synthesise the agent's voice (the local TTS the server uses); float32 at 48 kHz.
+
+    Piper's sampling noise is switched off so every run measures the very same signal:
+    DSP figures and thresholds are then reproducible, not a draw.
+    """
+    from piper import SynthesisConfig
+
+    deterministic = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(_piper_voice().synthesize(text, syn_config=deterministic))
     pcm = np.concatenate([c.audio_int16_array for c in chunks])
     return _pcm_to_float(resample(pcm, chunks[0].sample_rate, RATE))
 
