@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parley-installed
+# RNNoise's linear layers on int8 weights with AVX2 (pipeline/dsp/ns.py loads it).
+NATIVE := pipeline/dsp/_rnnoise_avx2.so
 # Portable llama.cpp build: the native one crashes in the AMX kernel on some CPUs.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: setup system-deps run test bench lint clean
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) $(NATIVE) system-deps
+
+$(NATIVE): pipeline/dsp/rnnoise_avx2.c
+	$(CC) -O2 -fPIC -shared -fvisibility=hidden -Wall -Wextra -o $@ $< -lm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,4 +41,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(NATIVE)

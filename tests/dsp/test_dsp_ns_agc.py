@@ -9,6 +9,7 @@ from pipeline.audio import FRAME_10MS, RATE
 from pipeline.dsp import simulate as sim
 from pipeline.dsp.agc import AgcStage
 from pipeline.dsp.base import FrameMeta
+from pipeline.dsp import ns
 from pipeline.dsp.ns import RnnoiseStage
 from pipeline.dsp.vad import WebRtcVad
 
@@ -62,6 +63,28 @@ def test_rnnoise_speech_probability_separates_speech_from_noise(talk, rng) -> No
     p = np.array([m.speech_probability for m in metas])
     labels = sim.speech_labels(talk)[: len(p)]
     assert p[labels].mean() > 0.8 and p[~labels].mean() < 0.35
+
+
+def test_int8_kernel_stays_with_the_float_network(talk, rng) -> None:
+    """The AVX2 kernel runs RNNoise's seven int8 layers in every frame; each layer's output
+    stays within 3 % of the float layer's, the audio and speech probability with the float
+    path's (the wheel's own library, run in the same process)."""
+    noisy = sim.to_pcm(talk + sim.pink_noise(len(talk), rng) * 10.0 ** (-36.0 / 20.0))
+    assert ns.use_kernel("float")
+    try:
+        reference, ref_metas = run(RnnoiseStage(), noisy)
+        assert ns.use_kernel("check"), "int8 kernel not available: `make` builds it"
+        calls_before, _ = ns.kernel_stats()
+        out, metas = run(RnnoiseStage(), noisy)
+    finally:
+        ns.use_kernel("int8")
+    calls, worst = ns.kernel_stats()
+    assert calls - calls_before == 7 * len(metas)
+    assert worst < 0.03, f"a layer was {worst:.1%} off"
+    error_db = sim.rms_db(out - reference) - sim.rms_db(reference)
+    assert error_db < -25.0, f"output {error_db:.1f} dB from the float path"
+    p, ref_p = (np.array([m.speech_probability for m in ms]) for ms in (metas, ref_metas))
+    assert np.abs(p - ref_p).mean() < 0.02
 
 
 def test_noise_floor_is_tracked_and_not_lifted_by_speech(talk, rng) -> None:
