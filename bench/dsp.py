@@ -19,9 +19,11 @@ import numpy as np
 
 from parley.config import Settings
 from pipeline.audio import FRAME_10MS, RATE
+from pipeline.dsp import ns
 from pipeline.dsp import simulate as sim
 from pipeline.dsp.base import FrameMeta
 from pipeline.dsp.chain import DspChain
+from pipeline.dsp.ns import RnnoiseStage
 from pipeline.dsp.turn import TurnDetector, TurnEventKind
 
 AECS = ("numpy", "apm")
@@ -38,6 +40,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     aec = {kind: _aec_figures(kind, far, user, delays) for kind in AECS}
     result: dict[str, Any] = {
         "aec": {k: {n: v for n, v in fig.items() if n != "erle_series"} for k, fig in aec.items()},
+        "ns_kernel": _kernel_figures(user),
         "ns": _ns_figures(user),
         "vad": _vad_figures(user),
         "end_of_turn": _eot_figures(user),
@@ -98,6 +101,30 @@ def _aec_figures(kind: str, far: np.ndarray, user: list[np.ndarray], delays: tup
         "us_per_frame": cost,
         "erle_series": series,
     }
+
+
+def _kernel_figures(user: list[np.ndarray]) -> dict[str, Any]:
+    """RNNoise per frame on the wheel's float path and on the int8 kernel: one state over
+    noisy speech, the kernel switched every 10 frames so both see the same machine load."""
+    pcm = sim.to_pcm(_noisy(_talk(user, 1.0), "pink", 10.0, np.random.default_rng(6)))
+    stage, meta = RnnoiseStage(), FrameMeta(t=0.0)
+    times: dict[str, list[float]] = {"float": [], "int8": []}
+    try:
+        for n, i in enumerate(range(0, len(pcm) - FRAME_10MS + 1, FRAME_10MS)):
+            kernel = ("float", "int8")[n // 10 % 2]
+            if n % 10 == 0 and not ns.use_kernel(kernel):
+                return {kernel: "not available (make builds pipeline/dsp/_rnnoise_avx2.so)"}
+            t0 = time.perf_counter_ns()
+            stage.process(pcm[i : i + FRAME_10MS], meta)
+            times[kernel].append((time.perf_counter_ns() - t0) / 1000.0)
+    finally:
+        ns.use_kernel("int8")
+    figures: dict[str, Any] = {
+        k: {"median": round(float(np.median(v)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+        for k, v in times.items()
+    }
+    figures["speedup"] = round(figures["float"]["median"] / figures["int8"]["median"], 2)
+    return figures
 
 
 def _echo_quality(scenario: sim.EchoScenario, out: np.ndarray, metas: list[FrameMeta]) -> dict[str, Any]:
@@ -251,6 +278,11 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
             "chain_us_talking": cost["chain"]["agent_talking"]["median"],
         }
     summary["rnnoise_us"] = result["aec"]["numpy"]["us_per_frame"]["ns"]["agent_talking"]["median"]
+    kernels = result["ns_kernel"]
+    if "speedup" in kernels:
+        summary["rnnoise_us_float_vs_int8"] = [
+            kernels["float"]["median"], kernels["int8"]["median"], kernels["speedup"]
+        ]
     summary["vad_pink_5db"] = result["vad"]["pink_5db"]
     summary["eot_after_sentence_ms"] = result["end_of_turn"]["sentence_end_hint"]["max_ms"]
     return summary
@@ -278,7 +310,11 @@ def _plot(path: Path, aec: dict[str, dict[str, Any]], result: dict[str, Any]) ->
         med = [aec[kind]["us_per_frame"][s]["agent_talking"]["median"] for s in stages]
         ax.bar(x + i * 0.4, med, 0.4, label=f"{kind} (agent talking)")
     ax.set_xticks(x + 0.2, stages)
-    ax.set(title="median us per 10 ms frame", ylabel="us")
+    title = "median us per 10 ms frame"
+    if "rnnoise_us_float_vs_int8" in result["summary"]:
+        float_us, int8_us, ratio = result["summary"]["rnnoise_us_float_vs_int8"]
+        title += f"\nRNNoise float path {float_us:.0f} us -> int8 kernel {int8_us:.0f} us ({ratio}x)"
+    ax.set(title=title, ylabel="us")
     ax.legend()
     ax = axes[1][0]
     for kind in ("pink", "white"):

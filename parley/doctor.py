@@ -70,7 +70,18 @@ def _has_key() -> bool:
 
 def _tool_checks() -> list[Check]:
     tools = {"chromium": "browser tests", "espeak-ng": "test speech", "redis-server": "shared-state tests"}
-    return [(f"tool {t}", shutil.which(t) is not None, why) for t, why in tools.items()]
+    checks = [(f"tool {t}", shutil.which(t) is not None, why) for t, why in tools.items()]
+    return checks + [_rnnoise_kernel()]
+
+
+def _rnnoise_kernel() -> Check:
+    from pipeline.dsp.ns import kernel_status
+
+    try:
+        status = kernel_status()
+    except RuntimeError as exc:  # pyrnnoise missing: the required checks say so
+        return ("RNNoise kernel", False, str(exc))
+    return ("RNNoise kernel", status.startswith("int8"), status)
 
 
 def run_doctor(settings: Settings, out: Callable[[str], None] = print) -> int:

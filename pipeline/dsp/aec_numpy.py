@@ -22,6 +22,11 @@ spectra (as in Speex's MDF and WebRTC's AEC3):
 So double talk can at worst stall the adaptation, never wreck the output. The gradient
 constraint (zeroing the wrap-around half of a partition) costs two FFTs, so only one
 partition is constrained per frame, in turn. A :class:`ResidualEchoSuppressor` follows.
+
+Cost: numpy's per-call overhead is as large as the arithmetic at this size, so a frame
+makes four FFT calls in all (far end; both echo estimates with the constrained partition's
+inverse; error, constrained partition and the suppressor's two frames; the suppressor's
+output) and the supervisor's five energies come from one 4x4 Gram matrix.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 
 from pipeline.audio import FRAME_10MS
 from pipeline.dsp.base import to_float, to_int16
+from pipeline.dsp.fft import irfft, rfft
 from pipeline.dsp.res import ResidualEchoSuppressor
 
 B = FRAME_10MS
@@ -66,9 +72,17 @@ class NumpyEchoCanceller:
         self._x_hist = np.zeros((2 * p, BINS), np.complex64)  # doubled ring: slices never wrap
         self._w = np.zeros((2, p, BINS), np.complex64)  # [background, foreground]
         self._x_time = np.zeros(2 * B, np.float32)
-        self._e_time = np.zeros(2 * B, np.float32)
-        self._near = np.zeros(B, np.float32)
         self._power = np.zeros(BINS, np.float32)
+        self._norm = np.zeros(BINS, np.float32)
+        self._prod = np.zeros((2, p, BINS), np.complex64)
+        # rows: mic, foreground error, background error, foreground echo estimate
+        self._rows = np.zeros((4, B), np.float32)
+        # inverse batch: both echo estimates, the partition being constrained
+        self._inv = np.zeros((3, BINS), np.complex64)
+        self._inv_time = np.zeros((3, 2 * B), np.float32)
+        # forward batch: [0 | background error], constrained taps, the suppressor's frames
+        self._fwd_time = np.zeros((4, 2 * B), np.float32)
+        self._fwd = np.zeros((4, BINS), np.complex64)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -76,6 +90,7 @@ class NumpyEchoCanceller:
         self._w[:] = 0.0
         self._x_time[:] = 0.0
         self._power[:] = 0.0
+        self._fwd_time[:2] = 0.0
         self._head = 0
         self._constrain_next = 0
         self._stats = np.zeros(5)  # smoothed: see _supervise
@@ -89,19 +104,30 @@ class NumpyEchoCanceller:
 
     def process(self, near: np.ndarray, far: np.ndarray | None) -> np.ndarray:
         """Cancel the echo of ``far`` (aligned block, float32) in ``near`` (int16)."""
-        d = to_float(near, self._near)
+        rows = self._rows
+        d = to_float(near, rows[0])
         if far is None:
             return to_int16(self.res.bypass(d))
         xs = self._push_far(far)
-        # both filters' echo estimates in one multiply-add and one (batched) inverse FFT
-        y_bg, y_fg = np.fft.irfft((self._w * xs).sum(axis=1), 2 * B, axis=1)[:, B:]
-        e_bg = d - y_bg
-        e_fg = d - y_fg
-        self._adapt(xs, e_bg)
-        self._supervise(
-            np.array([np.dot(d, d), np.dot(e_fg, e_fg), np.dot(e_bg, e_bg), np.dot(y_fg, d), np.dot(y_fg, y_fg)])
-        )
-        return to_int16(self.res.process(e_fg, y_fg, double_talk=self._double_talk))
+        i = self._constrain_next
+        self._constrain_next = (i + 1) % self.partitions
+        np.multiply(self._w, xs, out=self._prod)
+        np.sum(self._prod, axis=1, out=self._inv[:2])
+        self._inv[2] = self._w[0, i]
+        estimates = irfft(self._inv, self._inv_time)
+        np.subtract(d, estimates[0, B:], out=rows[2])
+        np.subtract(d, estimates[1, B:], out=rows[1])
+        rows[3] = estimates[1, B:]
+        fwd_time = self._fwd_time
+        fwd_time[0, B:] = rows[2]
+        fwd_time[1, :B] = estimates[2, :B]  # partition i without its wrap-around half
+        self.res.load(rows[1], rows[3], fwd_time[2:])
+        spectra = rfft(fwd_time, self._fwd)
+        self._w[0, i] = spectra[1]
+        self._adapt(xs, spectra[0])
+        gram = rows @ rows.T
+        self._supervise(gram[0, 0], gram[1, 1], gram[2, 2], gram[3, 0], gram[3, 3])
+        return to_int16(self.res.suppress(spectra[2:], double_talk=self._double_talk))
 
     def realign(self, shift_blocks: int, history: np.ndarray, residual: int) -> None:
         """The filter window moved ``shift_blocks`` frames further back (more delay).
@@ -132,38 +158,33 @@ class NumpyEchoCanceller:
         """FFT the newest far window into the ring; return spectra newest-first (p, bins)."""
         self._x_time[:B] = self._x_time[B:]
         self._x_time[B:] = far
-        x = np.fft.rfft(self._x_time)
         p = self.partitions
         self._head = (self._head - 1) % p
-        self._x_hist[self._head] = x
+        x = rfft(self._x_time, self._x_hist[self._head])
         self._x_hist[self._head + p] = x
         self._power *= self._smoothing
         self._power += (1.0 - self._smoothing) * (x.real**2 + x.imag**2)
         return self._x_hist[self._head : self._head + p]
 
-    def _adapt(self, xs: np.ndarray, e: np.ndarray) -> None:
-        """NLMS step on the background filter, normalised per bin by the far power."""
-        self._e_time[B:] = e
-        spec = np.fft.rfft(self._e_time)
-        norm = self._power + 1e-2 / BINS * float(self._power.sum()) + 1e-10
-        spec *= self._step / self.partitions / norm
-        background = self._w[0]
-        background += np.conj(xs) * spec
-        self._constrain(background, self._constrain_next)
-        self._constrain_next = (self._constrain_next + 1) % self.partitions
+    def _adapt(self, xs: np.ndarray, spec: np.ndarray) -> None:
+        """NLMS step on the background filter, normalised per bin by the far power.
 
-    @staticmethod
-    def _constrain(w: np.ndarray, i: int) -> None:
-        """Zero the second half of partition ``i``'s impulse response (no wrap-around)."""
-        taps = np.fft.irfft(w[i], 2 * B)
-        taps[B:] = 0.0
-        w[i] = np.fft.rfft(taps)
+        Partition ``i``'s constraint was applied just before (on the pre-step taps): its
+        step's wrap-around part waits for the partition's next turn, as the others' do.
+        """
+        norm = self._norm
+        np.add(self._power, 1e-2 / BINS * float(self._power.sum()) + 1e-10, out=norm)
+        np.divide(self._step / self.partitions, norm, out=norm)
+        spec *= norm
+        step = np.conjugate(xs, out=self._prod[0])
+        step *= spec
+        self._w[0] += step
 
-    def _supervise(self, now: np.ndarray) -> None:
+    def _supervise(self, mic: float, fg: float, bg: float, yd: float, yy: float) -> None:
         """Copy background -> foreground when it is better; restore it when it diverged.
 
-        ``now`` holds this frame's energies: mic, foreground error, background error, and
-        the foreground estimate's product with the mic and with itself. Once the foreground
+        The arguments are this frame's energies: mic, foreground error, background error,
+        and the foreground estimate's product with the mic and with itself. Once the foreground
         has converged, a copy also needs its echo estimate to explain the mic (correlation
         above ``coherence``): in double talk a background that happens to fit a bit of the
         user's voice can beat the foreground, but the mic is then no longer just echo. A
@@ -171,7 +192,7 @@ class NumpyEchoCanceller:
         """
         s = self._stats
         s *= self._smoothing
-        s += (1.0 - self._smoothing) * now
+        s += (1.0 - self._smoothing) * np.array([mic, fg, bg, yd, yy])
         mic, fg, bg, yd, yy = s
         self._converged = self._converged or bool(fg < 0.1 * mic)
         single_talk = bool(yd > self._coherence * np.sqrt(yy * mic + 1e-30))

@@ -56,10 +56,10 @@ def _model_fingerprint(lib: ctypes.CDLL) -> tuple[int, int]:
 def _kernel() -> ctypes.CDLL | None:
     """Load the AVX2 kernel into the global symbol scope -- before librnnoise.so."""
     if not KERNEL_LIB.exists():
-        log.warning("RNNoise runs on its slow float path: %s is not built (run `make`)", KERNEL_LIB.name)
         return None
     kernel = ctypes.CDLL(str(KERNEL_LIB), mode=ctypes.RTLD_GLOBAL)
     kernel.parley_rnnoise_setup.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    kernel.parley_rnnoise_setup.restype = ctypes.c_int
     kernel.parley_rnnoise_int8_calls.restype = ctypes.c_ulonglong
     kernel.parley_rnnoise_worst_error.restype = ctypes.c_float
     return kernel
@@ -82,33 +82,46 @@ def _library() -> ctypes.CDLL:
     lib.rnnoise_process_frame.restype = ctypes.c_float
     if lib.rnnoise_get_frame_size() != FRAME_10MS:
         raise RuntimeError("this librnnoise does not use 480-sample frames")
-    if kernel is not None:
-        _set_mode(lib, kernel, "int8")
+    why = _why_float(lib, kernel)
+    if why is not None:
+        log.warning("RNNoise runs on its slow float path: %s", why)
+    _set_mode(lib, kernel, "float" if why else "int8")
     return lib
 
 
-def _set_mode(lib: ctypes.CDLL, kernel: ctypes.CDLL, name: str) -> bool:
-    """Hand the kernel the library's own linear layer (for the layers it leaves alone) and
-    a mode; the float path wherever int8 cannot run."""
-    own_linear = ctypes.cast(lib.rnn_compute_linear_c, ctypes.c_void_p).value
+def _why_float(lib: ctypes.CDLL, kernel: ctypes.CDLL | None) -> str | None:
+    """Why the int8 kernel cannot run here, or None when it can."""
+    if kernel is None:
+        return f"{KERNEL_LIB.name} is not built (run `make`)"
     fingerprint = _model_fingerprint(lib)
     if fingerprint != _WHEEL_MODEL:
-        kernel.parley_rnnoise_setup(own_linear, KERNELS["float"])
-        log.warning("RNNoise runs on its float path: unknown librnnoise build %s", fingerprint)
-        return name == "float"
-    if not kernel.parley_rnnoise_setup(own_linear, KERNELS[name]):
-        log.warning("RNNoise runs on its float path: this CPU has no AVX2")
-        return name == "float"
-    return True
+        return f"unknown librnnoise build {fingerprint} (the kernel was checked on pyrnnoise 0.4.5)"
+    if not kernel.parley_rnnoise_cpu_ok():
+        return "this CPU has no AVX2/FMA"
+    return None
+
+
+def _set_mode(lib: ctypes.CDLL, kernel: ctypes.CDLL | None, name: str) -> None:
+    """Give the kernel the library's own linear layer (for the layers it leaves alone)."""
+    if kernel is not None:
+        own_linear = ctypes.cast(lib.rnn_compute_linear_c, ctypes.c_void_p).value
+        kernel.parley_rnnoise_setup(own_linear, KERNELS[name])
 
 
 def use_kernel(name: str) -> bool:
     """Switch every RNNoise state in the process to ``name`` (see ``KERNELS``); ``int8``
     is the default. False when that kernel cannot run here (the float path then does)."""
     lib, kernel = _library(), _kernel()
-    if kernel is None:
-        return name == "float"
-    return _set_mode(lib, kernel, name)
+    if name != "float" and _why_float(lib, kernel) is not None:
+        return False
+    _set_mode(lib, kernel, name)
+    return True
+
+
+def kernel_status() -> str:
+    """One line for ``parley doctor``: which path RNNoise takes in this process."""
+    why = _why_float(_library(), _kernel())
+    return "int8 AVX2 kernel" if why is None else f"float path: {why}"
 
 
 def kernel_stats() -> tuple[int, float]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.audio import FRAME_10MS
+from pipeline.dsp.fft import irfft
 
 N = 2 * FRAME_10MS
 BINS = FRAME_10MS + 1
@@ -66,7 +67,9 @@ class ResidualEchoSuppressor:
         self._leak = np.ones(bands, np.float32)
         self._residual = np.zeros(BINS, np.float32)
         self._buf = np.zeros((2, N), np.float32)  # error and echo estimate, last two frames
-        self._tail: np.ndarray = np.zeros(FRAME_10MS, np.float32)
+        self._tail = np.zeros(FRAME_10MS, np.float32)
+        self._spec = np.zeros(BINS, np.complex64)
+        self._frame = np.zeros(N, np.float32)
         self.gain: np.ndarray = np.ones(BINS, np.float32)  # last gains, for diagnostics
 
     def bypass(self, e: np.ndarray) -> np.ndarray:
@@ -76,19 +79,24 @@ class ResidualEchoSuppressor:
         frame by frame is seamless (sqrt-Hann squared sums to one at this hop).
         """
         out = self._tail + _W2_LO * self._buf[0, FRAME_10MS:]
-        self._tail = _W2_HI * e
+        np.multiply(_W2_HI, e, out=self._tail)
         self._buf[0, FRAME_10MS:] = e
         self._buf[1, FRAME_10MS:] = 0.0
         self._residual *= self._tail_decay
         return out
 
-    def process(self, e: np.ndarray, y: np.ndarray, *, double_talk: bool = False) -> np.ndarray:
-        """Suppress the residual echo in ``e`` given the linear echo estimate ``y``."""
+    def load(self, e: np.ndarray, y: np.ndarray, frames: np.ndarray) -> None:
+        """Take this frame's error ``e`` and echo estimate ``y``; write the two windowed
+        960-sample analysis frames into ``frames`` (2, 960) for the caller to transform
+        along with its own FFTs (one batched call; see the canceller)."""
         buf = self._buf
         buf[:, :FRAME_10MS] = buf[:, FRAME_10MS:]
         buf[0, FRAME_10MS:] = e
         buf[1, FRAME_10MS:] = y
-        spec = np.fft.rfft(buf * _WINDOW, axis=1)
+        np.multiply(buf, _WINDOW, out=frames)
+
+    def suppress(self, spec: np.ndarray, *, double_talk: bool = False) -> np.ndarray:
+        """The output frame, from the rfft of the frames :meth:`load` wrote (2, 481)."""
         power = spec.real**2 + spec.imag**2
         pe, py = power
         self._learn_leak(power @ _BAND_SUM)
@@ -99,10 +107,12 @@ class ResidualEchoSuppressor:
         gain = 1.0 - overdrive * self._residual / (pe + 1e-12)  # <= 1: residual >= 0
         np.maximum(gain, self._floor, out=gain)
         self.gain = gain
-        frame = np.fft.irfft(spec[0] * gain, N) * _WINDOW
+        np.multiply(spec[0], gain, out=self._spec)
+        frame = irfft(self._spec, self._frame)
+        frame *= _WINDOW
         out = frame[:FRAME_10MS] + self._tail
-        self._tail = frame[FRAME_10MS:]
-        return out.astype(np.float32)
+        self._tail[:] = frame[FRAME_10MS:]
+        return out
 
     def _learn_leak(self, band_power: np.ndarray) -> None:
         """Minimum statistics of the band ratio |E|^2/|Y|^2 over ``windows`` sub-windows."""

@@ -50,15 +50,17 @@ static int mode = MODE_ORIGINAL;
 static unsigned long long int8_calls;
 static float worst_error; /* MODE_CHECK: max |int8 - float| / max |float| over all calls */
 
-/* Hand over the library's own function and choose the mode; returns 0 if this CPU lacks AVX2. */
+/* Whether this CPU runs the kernels (AVX2 and FMA). */
+EXPORT int parley_rnnoise_cpu_ok(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* Hand over the library's own function and choose the mode (MODE_ORIGINAL on a CPU
+ * without AVX2/FMA, whatever was asked); returns the mode set. */
 EXPORT int parley_rnnoise_setup(linear_fn library_linear, int new_mode) {
     original = library_linear;
-    if (!__builtin_cpu_supports("avx2")) {
-        mode = MODE_ORIGINAL;
-        return 0;
-    }
-    mode = new_mode;
-    return 1;
+    mode = parley_rnnoise_cpu_ok() ? new_mode : MODE_ORIGINAL;
+    return mode;
 }
 
 EXPORT unsigned long long parley_rnnoise_int8_calls(void) { return int8_calls; }

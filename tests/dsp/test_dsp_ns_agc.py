@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.audio import FRAME_10MS, RATE
+from pipeline.dsp import ns
 from pipeline.dsp import simulate as sim
 from pipeline.dsp.agc import AgcStage
 from pipeline.dsp.base import FrameMeta
-from pipeline.dsp import ns
 from pipeline.dsp.ns import RnnoiseStage
 from pipeline.dsp.vad import WebRtcVad
 
