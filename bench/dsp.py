@@ -309,6 +309,7 @@ def _plot(path: Path, aec: dict[str, dict[str, Any]], result: dict[str, Any]) ->
     for i, kind in enumerate(AECS):
         med = [aec[kind]["us_per_frame"][s]["agent_talking"]["median"] for s in stages]
         ax.bar(x + i * 0.4, med, 0.4, label=f"{kind} (agent talking)")
+    ax.axhline(150.0, color="red", linestyle="--", label="chain target 150 us")
     ax.set_xticks(x + 0.2, stages)
     title = "median us per 10 ms frame"
     if "rnnoise_us_float_vs_int8" in result["summary"]:
