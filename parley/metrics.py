@@ -26,6 +26,14 @@ STAGE_LATENCY = Histogram(
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
+DSP_FRAME = Histogram(
+    "parley_dsp_frame_seconds",
+    "DSP chain time for one inbound 10 ms frame (every 10th frame is observed)",
+    buckets=(5e-5, 1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3),
+)
+DSP_RNNOISE_INT8 = Gauge(
+    "parley_dsp_rnnoise_int8", "1 when RNNoise runs on the int8 AVX2 kernel, 0 on the wheel's float path"
+)
 TURNS = Counter("parley_turns_total", "User turns handled", ["persona"])
 INTERRUPTIONS = Counter("parley_interruptions_total", "Agent replies cut off by the user (barge-in)")
 HTTP_ERRORS = Counter("parley_http_errors_total", "API requests answered with an error", ["code"])

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import aiohttp
 import numpy as np
 
 from media_server.client import CallClient, speech_end_offset
@@ -53,6 +54,11 @@ async def test_echo_reply_matches_input(url: str, speech: Callable[..., np.ndarr
     assert abs(voiced_span(reply) - voiced_span(pcm)) <= 0.1 * voiced_span(pcm)
     assert states[:3] == ["listening", "speaking", "listening"]
     assert 0 < t_reply - t_end < 2.0
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+        metrics = await r.text()
+    assert "parley_dsp_rnnoise_int8 1.0" in metrics  # the AVX2 kernel is built and in use
+    observed = [line for line in metrics.splitlines() if line.startswith("parley_dsp_frame_seconds_count")]
+    assert observed and float(observed[0].split()[-1]) > 0
 
 
 async def test_barge_in_stops_reply_quickly(url: str, speech: Callable[..., np.ndarray]) -> None:

@@ -14,15 +14,20 @@ the input frame.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from parley import metrics
 from parley.config import Settings
 from pipeline.audio import RATE
 from pipeline.dsp.aec import EchoStage, make_canceller
 from pipeline.dsp.agc import AgcStage
 from pipeline.dsp.base import FrameMeta, FrameStage, check_frame
-from pipeline.dsp.ns import RnnoiseStage
+from pipeline.dsp.ns import RnnoiseStage, active_kernel
 from pipeline.dsp.vad import SpeechGate, WebRtcVad
+
+OBSERVE_EVERY = 10  # frames per DSP_FRAME observation: its lock and buckets cost ~2 us
 
 
 class DspChain:
@@ -34,6 +39,8 @@ class DspChain:
         self.stages: list[FrameStage] = [
             self.echo, WebRtcVad(), self.ns, AgcStage(), SpeechGate(),
         ]
+        self._frames = 0
+        metrics.DSP_RNNOISE_INT8.set(active_kernel() != "float")
 
     @property
     def latency_ms(self) -> float:
@@ -45,8 +52,12 @@ class DspChain:
         """One 10 ms inbound frame (480 int16 samples) that arrived at monotonic ``t``."""
         check_frame(frame)
         meta = FrameMeta(t=t)
+        start = time.perf_counter()
         for stage in self.stages:
             frame = stage.process(frame, meta)
+        self._frames += 1
+        if self._frames % OBSERVE_EVERY == 0:
+            metrics.DSP_FRAME.observe(time.perf_counter() - start)
         return frame, meta
 
     def far_end(self, pcm: np.ndarray, t: float) -> None:

@@ -36,6 +36,7 @@ KERNELS = {"float": 0, "int8": 1, "check": 2}  # modes of rnnoise_avx2.c
 # pyrnnoise 0.4.5's librnnoise.so: RNNoise 0.2 generic build, big model (14 748 164 bytes
 # of weight arrays). The interposed kernel relies on that build's LinearLayer layout.
 _WHEEL_MODEL = (50, 14_748_164)
+_active = "float"  # set by _set_mode
 
 
 class _WeightArray(ctypes.Structure):
@@ -103,9 +104,17 @@ def _why_float(lib: ctypes.CDLL, kernel: ctypes.CDLL | None) -> str | None:
 
 def _set_mode(lib: ctypes.CDLL, kernel: ctypes.CDLL | None, name: str) -> None:
     """Give the kernel the library's own linear layer (for the layers it leaves alone)."""
+    global _active
     if kernel is not None:
         own_linear = ctypes.cast(lib.rnn_compute_linear_c, ctypes.c_void_p).value
         kernel.parley_rnnoise_setup(own_linear, KERNELS[name])
+    _active = name
+
+
+def active_kernel() -> str:
+    """The kernel every RNNoise state in this process runs on now (a ``KERNELS`` key)."""
+    _library()
+    return _active
 
 
 def use_kernel(name: str) -> bool:
