@@ -3,11 +3,11 @@
 Calls are ramped in steps; in each step every call talks continuously (a sentence, then
 the echo of it, over and over) and the step is judged by the server's late-frame ratio —
 outbound 20 ms frames sent more than a frame behind schedule, i.e. a stalling media loop.
-The capacity is the last step with ≤ 0.5 % late frames. Configurations: asyncio vs uvloop
-in one process, and one process per core (separate ports, clients spread round-robin —
-what SO_REUSEPORT does with ``--workers``). The client peers run in their own processes
-on the same 2-core machine, so they compete with the server for CPU: the figures are a
-lower bound for a dedicated server.
+The capacity is the last step with ≤ 0.5 % late frames. Configurations: RNNoise's float
+path vs the int8 kernel, asyncio vs uvloop in one process, and one process per core
+(separate ports, clients spread round-robin — what SO_REUSEPORT does with ``--workers``).
+The client peers run in their own processes on the same 2-core machine, so they compete
+with the server for CPU: the figures are a lower bound for a dedicated server.
 """
 
 from __future__ import annotations
@@ -86,33 +86,41 @@ def _step(urls: list[str], calls: int) -> dict[str, Any]:
     }
 
 
-def _ramp(workers: int, uvloop: bool, steps: list[int]) -> dict[str, Any]:
-    env = {"PARLEY_PERSONA": "echo", "PARLEY_UVLOOP": "1" if uvloop else "0", "PARLEY_MAX_CALLS": "500"}
+def _ramp(workers: int, uvloop: bool, kernel: str, steps: list[int]) -> dict[str, Any]:
+    env = {
+        "PARLEY_PERSONA": "echo",
+        "PARLEY_UVLOOP": "1" if uvloop else "0",
+        "PARLEY_MAX_CALLS": "500",
+        "PARLEY_RNNOISE_KERNEL": kernel,
+    }
+    name = f"workers={workers} uvloop={uvloop} rnnoise={kernel}"
     points, capacity = [], 0
     with parley_servers(workers, env) as urls:
         for calls in steps:
             point = _step(urls, calls)
             points.append(point)
-            print(f"   workers={workers} uvloop={uvloop} calls={calls}: "
-                  f"server late {point['server_late_ratio']:.2%}, client late {point['client_late_ratio']:.2%}",
-                  flush=True)
+            print(f"   {name} calls={calls}: server late {point['server_late_ratio']:.2%}, "
+                  f"client late {point['client_late_ratio']:.2%}", flush=True)
             if point["server_late_ratio"] > LATE_LIMIT or point["failed_calls"]:
                 break
             capacity = calls
-    return {"workers": workers, "uvloop": uvloop, "capacity": capacity, "points": points}
+    return {"name": name, "workers": workers, "uvloop": uvloop, "rnnoise": kernel, "capacity": capacity,
+            "points": points}
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     steps = [2, 4] if quick else [4, 8, 12, 16, 20, 24, 28, 32, 40, 48]
     cores = os.cpu_count() or 1
-    configs = [(1, False), (1, True)] + ([] if quick else [(cores, True)])
-    runs = [_ramp(workers, uvloop, steps) for workers, uvloop in configs]
+    # RNNoise's float path first: what the int8 kernel buys, in calls
+    configs = [(1, True, "float"), (1, False, "int8"), (1, True, "int8")]
+    configs += [] if quick else [(cores, True, "int8")]
+    runs = [_ramp(workers, uvloop, kernel, steps) for workers, uvloop, kernel in configs]
     result = {
         "late_limit": LATE_LIMIT,
         "step_seconds": STEP_S,
         "machine_cores": cores,
         "runs": runs,
-        "summary": {f"workers={r['workers']} uvloop={r['uvloop']}": r["capacity"] for r in runs},
+        "summary": {r["name"]: r["capacity"] for r in runs},
     }
     (out_dir / "capacity.json").write_text(json.dumps(result, indent=1))
     _plot(runs, out_dir / "capacity.png")
@@ -129,7 +137,7 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> None:
     for r in runs:
         xs = [p["calls"] for p in r["points"]]
         ys = [100 * p["server_late_ratio"] for p in r["points"]]
-        ax.plot(xs, ys, marker="o", label=f"{r['workers']} worker(s), uvloop={r['uvloop']}")
+        ax.plot(xs, ys, marker="o", label=f"{r['workers']} worker(s), uvloop={r['uvloop']}, rnnoise {r['rnnoise']}")
     ax.axhline(100 * LATE_LIMIT, color="red", linestyle="--", label="0.5 % limit")
     ax.set_xlabel("concurrent echo calls")
     ax.set_ylabel("late outbound frames (%)")

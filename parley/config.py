@@ -22,6 +22,9 @@ def _setting(default: Any, env: str, help: str) -> Any:
 
 
 _AUTO_BACKEND = ("stt", "llm", "tts", "embed")
+AEC_KINDS = ("numpy", "apm", "off")
+RNNOISE_KERNELS = ("int8", "float")
+_CHOICES = {"aec": AEC_KINDS, "rnnoise_kernel": RNNOISE_KERNELS}
 
 
 def _default_backend(api_key: str) -> str:
@@ -48,6 +51,7 @@ class Settings:
     barge_in_min_ms: int = _setting(250, "PARLEY_BARGE_IN_MIN_MS", "user speech needed to cut the agent off; shorter bursts only pause it")
     filler_after_s: float = _setting(1.5, "PARLEY_FILLER_AFTER_S", "if no reply audio this long after the user's turn, say a short filler (no dead air); 0 = never")
     aec: str = _setting("numpy", "PARLEY_AEC", "echo canceller: numpy | apm | off")
+    rnnoise_kernel: str = _setting("int8", "PARLEY_RNNOISE_KERNEL", "RNNoise's network: int8 (AVX2 kernel built by make; the float path where it cannot run) | float (the pyrnnoise wheel's own); one per process")
     stt: str = _setting("", "PARLEY_STT", "STT backend: local | openai")
     llm: str = _setting("", "PARLEY_LLM", "LLM backend: local | openai")
     tts: str = _setting("", "PARLEY_TTS", "TTS backend: local | openai")
@@ -92,6 +96,12 @@ class Settings:
         for name in _AUTO_BACKEND:
             if not getattr(self, name):
                 setattr(self, name, _default_backend(self.openai_api_key))
+        for f in dataclasses.fields(self):
+            allowed = _CHOICES.get(f.name)
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(
+                    f"{f.metadata['env']} must be one of {' | '.join(allowed)}, got {getattr(self, f.name)!r}"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -17,6 +17,12 @@ def test_bad_integer_names_the_variable() -> None:
         Settings.from_env({"PARLEY_PORT": "eighty"})
 
 
+@pytest.mark.parametrize(("env", "value"), [("PARLEY_AEC", "speex"), ("PARLEY_RNNOISE_KERNEL", "fast")])
+def test_a_choice_outside_its_list_names_the_variable(env: str, value: str) -> None:
+    with pytest.raises(ValueError, match=env):
+        Settings.from_env({env: value})
+
+
 def test_backends_default_to_openai_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert Settings.from_env({}).llm == "local"

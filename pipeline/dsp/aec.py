@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from parley.config import AEC_KINDS
 from pipeline.audio import FRAME_10MS, RATE
 from pipeline.dsp.base import FrameMeta, to_float
 from pipeline.dsp.delay import DelayEstimator
@@ -32,7 +33,6 @@ from pipeline.dsp.farend import FarEndBuffer, NearClock
 
 logger = logging.getLogger(__name__)
 
-AEC_KINDS = ("numpy", "apm", "off")
 LEAD_BLOCKS = 2  # the filter starts this many frames before the estimated lag
 TAIL_MARGIN = int(0.1 * RATE)  # rooms ring on past the filter: flag echo that much longer
 MAX_LAG = int(0.52 * RATE)

@@ -24,7 +24,7 @@ from pipeline.audio import RATE
 from pipeline.dsp.aec import EchoStage, make_canceller
 from pipeline.dsp.agc import AgcStage
 from pipeline.dsp.base import FrameMeta, FrameStage, check_frame
-from pipeline.dsp.ns import RnnoiseStage, active_kernel
+from pipeline.dsp.ns import RnnoiseStage, active_kernel, use_kernel
 from pipeline.dsp.vad import SpeechGate, WebRtcVad
 
 OBSERVE_EVERY = 10  # frames per DSP_FRAME observation: its lock and buckets cost ~2 us
@@ -35,6 +35,7 @@ class DspChain:
 
     def __init__(self, settings: Settings) -> None:
         self.echo = EchoStage(make_canceller(settings.aec))
+        use_kernel(settings.rnnoise_kernel)  # process-wide; every chain of a node asks the same
         self.ns = RnnoiseStage()
         self.stages: list[FrameStage] = [
             self.echo, WebRtcVad(), self.ns, AgcStage(), SpeechGate(),

@@ -43,6 +43,7 @@ class _WeightArray(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("type", ctypes.c_int), ("size", ctypes.c_int), ("data", ctypes.c_void_p)]
 
 
+@functools.cache
 def _model_fingerprint(lib: ctypes.CDLL) -> tuple[int, int]:
     """(number of weight arrays, their total bytes) of the library's built-in model."""
     arrays = ctypes.cast(ctypes.addressof(ctypes.c_char.in_dll(lib, "rnnoise_arrays")), ctypes.POINTER(_WeightArray))
