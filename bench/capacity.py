@@ -109,7 +109,7 @@ def _ramp(workers: int, uvloop: bool, kernel: str, steps: list[int]) -> dict[str
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
-    steps = [2, 4] if quick else [4, 8, 12, 16, 20, 24, 28, 32, 40, 48]
+    steps = [2, 4] if quick else [2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48]
     cores = os.cpu_count() or 1
     # RNNoise's float path first: what the int8 kernel buys, in calls
     configs = [(1, True, "float"), (1, False, "int8"), (1, True, "int8")]
