@@ -289,7 +289,7 @@ async def test_falls_back_to_websocket_when_webrtc_stalls(
     assert 7.5 <= (fallback_at - started_at) / 1000 <= 12, "fallback should come after ~8 s"
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 async def test_reconnects_after_server_loss_then_gives_up(
     tmp_path: Path, silence_wav: Path
 ) -> None:
@@ -308,14 +308,14 @@ async def test_reconnects_after_server_loss_then_gives_up(
             await page.wait_for(
                 f"window.parley.transitions.slice({mark}).some((x) => x.state === 'listening')"
                 " && window.parley.transport",
-                timeout=30,
+                timeout=45,
             )
             notices = [n["message"] for n in (await page.parley())["notices"]]
             assert "Reconnected." in notices
 
-            # Gone for good: three tries with backoff, then idle and an error banner.
+            # Gone for good: five tries over 30 s, then idle and an error banner.
             await asyncio.to_thread(server.stop, signal.SIGKILL)
-            await page.wait_for("document.body.dataset.state === 'idle'", timeout=40)
+            await page.wait_for("document.body.dataset.state === 'idle'", timeout=75)
             parley = await page.parley()
             banner = await page.evaluate(
                 "document.getElementById('error').hidden ? '' : "

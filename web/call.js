@@ -3,7 +3,7 @@
 //
 //   idle --start--> connecting --transport open--> listening <--turn--> thinking / speaking
 //     ^                 |  ^                            |
-//     |  give up        |  |  reconnect (1 s, 2 s, 4 s)  |  lost: 3 missed pongs,
+//     |  give up        |  | reconnect (1, 2, 4, 8, 15 s)|  lost: 3 missed pongs,
 //     +-----------------+  +----------------------------+  channel/socket closed
 //   hang up from any state returns to idle.
 //
@@ -16,7 +16,8 @@ import { RtcTransport } from './rtc-transport.js';
 import { WsTransport } from './ws-transport.js';
 
 export const CONNECT_TIMEOUT_MS = 8000;
-export const RECONNECT_DELAYS_MS = [1000, 2000, 4000];
+// 30 s in all: a restarting server (models loading) is back within it.
+export const RECONNECT_DELAYS_MS = [1000, 2000, 4000, 8000, 15000];
 const TURN_STATES = new Set(['listening', 'thinking', 'speaking']);
 
 /**
