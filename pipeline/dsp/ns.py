@@ -8,9 +8,10 @@ subtraction, and gives a per-frame voice probability for free. It runs natively 
 ``pyrnnoise``'s Python API wraps every frame in an audiolab graph, pads, converts and
 allocates (~520 us a frame); the library is instead loaded with ctypes and called with one
 preallocated float buffer, processed in place. The wheel's library runs its network on
-float weights with SSE (~200 us a frame); ``rnnoise_avx2.c`` (built by ``make``) takes over
-its linear layers with the int8 weights the same library carries, read with AVX2 (~5x
-faster, output within ~30 dB of the float path, as upstream RNNoise's own AVX2 build).
+float weights with SSE (0.2-1.7 ms a frame, by the machine's memory bandwidth);
+``rnnoise_avx2.c`` (built by ``make``) takes over its linear layers with the int8 weights
+the same library carries, read with AVX2 (4.6-5.8x faster on the 2-core test machine;
+output ~30 dB from the float path's, as upstream RNNoise's own AVX2 build).
 That works by ELF symbol interposition, so it is loaded first and only over the one
 library build it was checked against (``_WHEEL_MODEL``); otherwise the float path runs.
 """
@@ -131,7 +132,7 @@ def use_kernel(name: str) -> bool:
 def kernel_status() -> str:
     """One line for ``parley doctor``: which path RNNoise takes in this process."""
     why = _why_float(_library(), _kernel())
-    return "int8 AVX2 kernel" if why is None else f"float path: {why}"
+    return "int8 AVX2 kernel available" if why is None else f"float path: {why}"
 
 
 def kernel_stats() -> tuple[int, float]:
