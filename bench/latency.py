@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.serverproc import parley_servers
-from media_server.caller import run_call
+from parley.call.caller import run_call
 
 QUESTIONS = (
     "What is the meaning of a good life?",

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import REPO_ROOT, Settings
-from pipeline.memory import LocalEmbedder, MemoryService, VectorItem, VectorStore
-from signaling.store import NewMemory, Store
+from pipeline.backends.local_embed import LocalEmbedder
+from pipeline.memory import MemoryService, VectorItem, VectorStore
+from storage import NewMemory, Store
 
 MEMORIES = 10_000
 USERS = 200
@@ -185,10 +186,11 @@ async def _run(out_dir: Path) -> dict[str, Any]:
 
 def _report(samples: dict[str, list[float]], mean_recalled: float, load: dict[str, float],
             out_dir: Path) -> dict[str, Any]:
-    result = {
+    latency = {name: _summary(values) for name, values in samples.items()}
+    result: dict[str, Any] = {
         "name": "memory",
         "memories": MEMORIES, "users": USERS, "roles": list(ROLES), "queries": QUERIES, "k": 5,
-        "latency_ms": {name: _summary(values) for name, values in samples.items()},
+        "latency_ms": latency,
         "mean_recalled": round(mean_recalled, 2),
         "load": {**load, "memories_per_s": round(MEMORIES / (load["embed_s"] + load["insert_s"]))},
         "stack": {
@@ -199,7 +201,7 @@ def _report(samples: dict[str, list[float]], mean_recalled: float, load: dict[st
             "cpus": os.cpu_count(), "python": platform.python_version(),
         },
     }
-    recall = result["latency_ms"]["recall"]
+    recall = latency["recall"]
     result["summary"] = {"memories": MEMORIES, "recall_p50_ms": recall["p50"], "recall_p95_ms": recall["p95"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "memory.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 
 
 def free_port() -> int:
+    """A loopback TCP port nothing listens on (now): for servers the tests and benches start."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -59,9 +60,9 @@ def wait_healthy(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not become healthy within {timeout:.0f} s")
 
 
-def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
+def scrape(url: str, names: tuple[str, ...], timeout: float = 5.0) -> dict[str, float]:
     """Sum of each named Prometheus sample (all label sets) on ``url``/metrics."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as r:
         text = r.read().decode()
     out = dict.fromkeys(names, 0.0)
     for name in names:

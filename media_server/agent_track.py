@@ -119,6 +119,13 @@ class AgentTrack(MediaStreamTrack):
 
     # -- media side ---------------------------------------------------------------
     async def recv(self) -> av.AudioFrame:
+        return self.frame(await self.next_pcm())
+
+    async def next_pcm(self) -> np.ndarray:
+        """Wait for the next 20 ms slot and return what to send in it (reported to ``on_sent``).
+
+        ``recv`` wraps it in a frame; ``media_server.encoded.PacketTrack`` encodes it itself.
+        """
         try:
             t_send = await self._wait_for_slot()
             pcm = self._next_pcm(t_send)
@@ -129,7 +136,17 @@ class AgentTrack(MediaStreamTrack):
         except Exception:  # never let the sender die: log and send silence
             logger.exception("agent track: frame production failed; sending silence")
             pcm = self._silence
-        return self._frame(pcm)
+        self.frames_sent += 1
+        return pcm
+
+    @property
+    def pts(self) -> int:
+        """Media time (samples at 48 kHz) of the frame last returned by :meth:`next_pcm`."""
+        return self._pts
+
+    def is_silence(self, pcm: np.ndarray) -> bool:
+        """True for the shared all-zero frame sent while idle or paused (no need to look at it)."""
+        return pcm is self._silence
 
     async def _wait_for_slot(self) -> float:
         now = self._clock()
@@ -166,12 +183,12 @@ class AgentTrack(MediaStreamTrack):
         out[filled:] = 0
         return out
 
-    def _frame(self, pcm: np.ndarray) -> av.AudioFrame:
+    def frame(self, pcm: np.ndarray) -> av.AudioFrame:
+        """``pcm`` as the av.AudioFrame of the current slot."""
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts
         frame.time_base = TIME_BASE
-        self.frames_sent += 1
         return frame
 
     def stop(self) -> None:

@@ -1,7 +1,9 @@
 """One call: a client's audio in, the agent's voice out, events both ways.
 
 :class:`Call` holds what every transport shares — the paced :class:`AgentTrack`, the agent,
-the event sink, a registry of named tasks and an idempotent :meth:`Call.close` — and
+the event sink, a registry of named tasks, the intake of client messages
+(``media_server.client_messages``: checked, then one consumer handles them in order) and an
+idempotent :meth:`Call.close` — and
 :class:`RtcCall` (aiortc peer) and ``media_server.ws_call.WsCall`` (WebSocket fallback)
 add the transport. Inbound audio is always consumed, even when nobody listens: an unread
 aiortc track grows an unbounded queue.
@@ -10,34 +12,38 @@ aiortc track grows an unbounded queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from media_server.agent_track import AgentTrack
-from media_server.events import DataChannelEvents, EventSink, event
+from media_server.client_messages import ClientMessages
+from media_server.encoded import PacketTrack, negotiated_audio_codec
+from media_server.events import DataChannelEvents, EventSink
+from media_server.recording import Recorder
+from media_server.rtc_peer import PeerWiring, new_peer
 from media_server.tuning import set_audio_jitter_prefetch
-from parley import metrics
+from parley import logfmt, metrics
 from parley.config import Settings
-from pipeline.agent import Agent, Emit
-from pipeline.dsp.resample import FrameResampler
+from pipeline import events
+from pipeline.agent.base import Agent, Emit
+from pipeline.tasks import TaskRegistry
 
 logger = logging.getLogger(__name__)
 
 #: (session, persona id, outbound track, emit) -> agent; LookupError for an unknown persona.
 AgentFactory = Callable[["CallSession", str, AgentTrack, Emit], Agent]
-MAX_EVENT_BYTES = 16384
-PING_TIMEOUT_S = 10.0  # a client that pinged and then went quiet this long is gone
+#: call id -> the recorder of a call whose client consented to recording
+RecorderFactory = Callable[[str], Recorder]
 CONNECT_TIMEOUT_S = 20.0  # an answered call whose media never connected is abandoned
+TASKS_CLOSE_TIMEOUT_S = 3.0  # a call's tasks get this long to end once cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,37 +64,33 @@ class Call:
 
     transport = "base"
 
-    def __init__(self, session: CallSession, events: EventSink, agent_factory: AgentFactory) -> None:
+    def __init__(self, session: CallSession, sink: EventSink, agent_factory: AgentFactory,
+                 recording: RecorderFactory | None = None) -> None:
         self.id = uuid.uuid4().hex
+        self.log_prefix = f"call {self.id[:8]}"
         self.session = session
-        self.events = events
+        self.events = sink
         self.track = AgentTrack(on_sent=self._on_sent)
         self._agent_factory = agent_factory
         self.persona_id = session.persona_id
         self.agent = agent_factory(session, session.persona_id, self.track, self.events.send)
         self.closed = asyncio.Event()
         self.started = time.monotonic()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # cancelled and awaited by close(); the call's ids ride in each task's context (JSON logs)
+        self.tasks = TaskRegistry(self.log_prefix,
+                                  context=lambda: logfmt.call_context(self.id[:8], session.session_id))
         self._closing = False
-        self._last_ping: float | None = None
+        self.last_activity = self.started  # last inbound frame or client event (media_server.liveness)
         self._late_reported = 0
-        self.log_prefix = f"call {self.id[:8]}"
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Start a named task owned by this call (cancelled by :meth:`close`)."""
-        task = asyncio.create_task(coro, name=f"{self.log_prefix} {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("%s: task %s failed", self.log_prefix, task.get_name(),
-                         exc_info=task.exception())
+        self.messages = ClientMessages(self.log_prefix, self.events, self.handle_message,
+                                       lambda _message: self.agent.interrupt(), self.tasks)
+        # last: once made, a recorder must be finished by close(), so nothing above may fail after it
+        self.recorder = recording(self.id) if recording is not None else None
 
     def _on_sent(self, pcm: np.ndarray, t: float) -> None:
         self.agent.on_far_end(pcm, t)
+        if self.recorder is not None:
+            self.recorder.outbound(pcm, t)
         metrics.FRAMES_SENT.inc()
         late = self.track.late_frames
         if late != self._late_reported:
@@ -97,37 +99,25 @@ class Call:
 
     def feed(self, frames: list[np.ndarray], t: float) -> None:
         """Hand converted 10 ms frames to the agent; ``t`` is the arrival time of the first."""
+        self.last_activity = t
+        if self.recorder is not None:
+            self.recorder.inbound(frames, t)
         for i, pcm in enumerate(frames):
             self.agent.on_frame(pcm, t + i * 0.01)
 
-    async def consume(self, track: MediaStreamTrack) -> None:
-        """Read an inbound audio track until it ends, feeding the agent."""
-        converter = FrameResampler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                break
-            metrics.FRAMES_RECEIVED.inc()
-            self.feed(converter.push(frame), time.monotonic())
+    def end(self, reason: str) -> None:
+        """Close the call from one of its own tasks or callbacks (``close`` cancels them)."""
         if not self._closing:
-            self.spawn(self.close("remote track ended"), "close")
+            self.tasks.spawn(self.close(reason), "close")
 
     def on_client_message(self, raw: str | bytes) -> None:
-        """A JSON event from the client (DataChannel or WebSocket)."""
-        if len(raw) > MAX_EVENT_BYTES:
-            self.events.send(event("error", code="event_too_large", message="event over 16 KiB"))
-            return
-        try:
-            message = json.loads(raw)
-            if not isinstance(message, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            self.events.send(event("error", code="bad_event", message=f"invalid JSON event: {exc}"))
-            return
-        if message.get("type") == "ping":
-            self._last_ping = time.monotonic()
-        self.spawn(self.handle_message(message), f"event {message.get('type')}")
+        """A JSON event from the client (DataChannel or WebSocket): checked, then queued.
+
+        Synchronous and cheap (:class:`ClientMessages`): the call's inbox consumer does the
+        work, in order. Only urgent control (``interrupt``) acts at once.
+        """
+        self.last_activity = time.monotonic()
+        self.messages.receive(raw)
 
     async def handle_message(self, message: dict[str, Any]) -> None:
         if message.get("type") == "settings" and "persona" in message:
@@ -143,12 +133,12 @@ class Call:
         try:
             agent = self._agent_factory(self.session, str(persona_id), self.track, self.events.send)
         except LookupError:
-            self.events.send(event("error", code="unknown_persona", message=f"unknown persona {persona_id!r}"))
+            self.events.send(events.error("unknown_persona", f"unknown persona {persona_id!r}"))
             return
         old, self.agent, self.persona_id = self.agent, agent, str(persona_id)
         self.track.flush()
         await old.close()
-        self.events.send(event("turn", state=agent.state))
+        self.events.send(events.turn(agent.state))
 
     @property
     def connected(self) -> bool:
@@ -160,34 +150,52 @@ class Call:
         while not self._closing:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if self._last_ping is not None and now - self._last_ping > PING_TIMEOUT_S:
+            if self.messages.ping_timed_out(now):
                 reason = "ping timeout"
             elif not self.connected and now - self.started > CONNECT_TIMEOUT_S:
                 reason = "media never connected"
             else:
                 continue
             logger.info("%s: %s; closing", self.log_prefix, reason)
-            self.spawn(self.close(reason), "close")
+            self.tasks.spawn(self.close(reason), "close")
             return
 
     async def close(self, reason: str = "hangup") -> None:
-        """Idempotent teardown: agent, tasks, track, transport; waits for all of it."""
+        """Idempotent teardown: agent, tasks, track, transport; waits for all of it.
+
+        Whatever the agent's close does (raise, or be cancelled by a shutdown that lost
+        patience), the tasks are still cancelled, the transport closed and ``closed`` set.
+        """
         if self._closing:
             await self.closed.wait()
             return
         self._closing = True
-        logger.info("%s: closing (%s)", self.log_prefix, reason)
-        await self.agent.close()
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=3)
-        self.track.stop()
-        with contextlib.suppress(Exception):
-            await self.close_transport()
-        self.closed.set()
+        logger.info("%s: call ended: %s %s, %.1f s, reason: %s", self.log_prefix, self.transport,
+                    self.persona_id, time.monotonic() - self.started, reason)
+        metrics.CALLS_ENDED.labels(reason.split(":")[0][:40]).inc()
+        try:
+            await self.agent.close()
+        except Exception:
+            logger.exception("%s: agent close failed", self.log_prefix)
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        """The part of :meth:`close` that must happen: tasks, track, transport, ``closed``."""
+        try:
+            await self.tasks.cancel_all(TASKS_CLOSE_TIMEOUT_S)
+            self.track.stop()
+            if self.recorder is not None:  # no frames come any more: the file can be finished
+                try:
+                    await self.recorder.finish()
+                except Exception:
+                    logger.exception("%s: finishing the recording failed", self.log_prefix)
+            try:
+                await self.close_transport()
+            except Exception:
+                logger.exception("%s: closing the %s transport failed", self.log_prefix, self.transport)
+        finally:
+            self.closed.set()
 
     async def close_transport(self) -> None:
         """Transport-specific teardown (peer connection, socket)."""
@@ -198,11 +206,11 @@ class RtcCall(Call):
 
     transport = "webrtc"
 
-    def __init__(self, session: CallSession, agent_factory: AgentFactory, settings: Settings) -> None:
+    def __init__(self, session: CallSession, agent_factory: AgentFactory, settings: Settings,
+                 recording: RecorderFactory | None = None) -> None:
         self._dc_events = DataChannelEvents()
-        super().__init__(session, self._dc_events, agent_factory)
-        servers = [RTCIceServer(urls=url) for url in settings.ice_server_urls]
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        super().__init__(session, self._dc_events, agent_factory, recording)
+        self.pc = new_peer(settings)
         self._jitter_prefetch = settings.jitter_prefetch
 
     async def accept(self, sdp: str) -> str:
@@ -210,47 +218,26 @@ class RtcCall(Call):
         if "m=audio" not in sdp:
             raise BadOffer("the offer has no audio section")
         pc = self.pc
-        pc.on("datachannel", self._on_datachannel)
-        pc.on("track", self._on_track)
-        pc.on("connectionstatechange", self._on_state)
-        try:
+        PeerWiring(pc, self.tasks, self._dc_events, self.on_client_message, self.feed, self.end,
+                   on_events_open=lambda: self._dc_events.send(events.turn(self.agent.state)))
+        try:  # signaling.sdp_guard checked the offer; this is the net under it
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise BadOffer(f"malformed SDP offer: {exc}") from exc
-        set_audio_jitter_prefetch(pc, self._jitter_prefetch)
-        pc.addTrack(self.track)
-        await pc.setLocalDescription(await pc.createAnswer())
-        self.spawn(self.watchdog(), "watchdog")
+            set_audio_jitter_prefetch(pc, self._jitter_prefetch)
+            sending = PacketTrack(self.track)  # pre-encoded Opus: no per-frame thread hop in aiortc's sender
+            pc.addTrack(sending)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
+                InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
+            raise BadOffer(f"SDP offer cannot be answered: {type(exc).__name__}") from exc
+        if negotiated_audio_codec(pc.localDescription.sdp) == "opus":
+            sending.use_opus()
+        self.tasks.spawn(self.watchdog(), "watchdog")
         return pc.localDescription.sdp
 
     @property
     def connected(self) -> bool:
         return self.pc.connectionState == "connected"
 
-    def _on_datachannel(self, channel: Any) -> None:
-        if channel.label != "events":
-            return
-        self._dc_events.attach(channel)
-        channel.on("message", self.on_client_message)
-        self._dc_events.send(event("turn", state=self.agent.state))
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self.spawn(self.consume(track), "inbound audio")
-        else:  # never leave a remote track unread
-            self.spawn(_drain(track), f"drain {track.kind}")
-
-    async def _on_state(self) -> None:
-        state = self.pc.connectionState
-        logger.debug("%s: connection %s", self.log_prefix, state)
-        if state in ("failed", "closed") and not self._closing:
-            self.spawn(self.close(f"connection {state}"), "close")
-
     async def close_transport(self) -> None:
         await self.pc.close()
 
-
-async def _drain(track: MediaStreamTrack) -> None:
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            await track.recv()

@@ -1,8 +1,9 @@
 """The event channel to a client: the WebRTC DataChannel ``events`` or a WebSocket.
 
-Both carry the same JSON messages (DESIGN.md, Events). Sending never blocks the caller and
-never raises: events emitted before the channel opens are queued (bounded), events after it
-closed are dropped — a vanished client must not break the agent loop.
+Both carry the same JSON messages (README, Events), built by ``pipeline.events``; this
+module only delivers them. Sending never blocks the caller and never raises: events
+emitted before the channel opens are queued (bounded), events after it closed are
+dropped — a vanished client must not break the agent loop.
 """
 
 from __future__ import annotations
@@ -18,11 +19,6 @@ from aiohttp import web
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 256
-
-
-def event(kind: str, **fields: Any) -> dict[str, Any]:
-    """An event message: ``{"type": kind, **fields}``."""
-    return {"type": kind, **fields}
 
 
 class EventSink(Protocol):

@@ -1,3 +1,3 @@
-"""Parley: a real-time voice-agent media server (WebRTC, SIP, rooms) with local or cloud AI stages."""
+"""Parley: a real-time voice-agent media server (WebRTC, WHIP, WebSocket, SIP, rooms) with local or cloud AI stages."""
 
 __version__ = "0.1.0"

@@ -58,10 +58,24 @@ def _service_checks(settings: Settings) -> list[Check]:
         checks.append(_reachable("Milvus", settings.milvus_uri, 19530))
     else:
         checks.append(_module("milvus_lite", "embedded Milvus Lite"))
+    if settings.dsp_url:
+        checks.append(_reachable("DSP service (PARLEY_DSP_URL)", f"grpc://{settings.dsp_url}", 50051))
+    if settings.tls_cert:
+        checks.append(_tls(settings))
     if "openai" in (settings.stt, settings.llm, settings.tts, settings.embed):
         base = settings.openai_base_url or "https://api.openai.com/v1"
         checks.append(("OpenAI-compatible API", True, f"{base} (key {'set' if _has_key() else 'NOT set'})"))
     return checks
+
+
+def _tls(settings: Settings) -> Check:
+    from signaling.tls import server_context
+
+    try:
+        server_context(settings)
+    except ValueError as exc:
+        return ("TLS certificate", False, str(exc))
+    return ("TLS certificate", True, settings.tls_cert)
 
 
 def _has_key() -> bool:
@@ -69,7 +83,8 @@ def _has_key() -> bool:
 
 
 def _tool_checks() -> list[Check]:
-    tools = {"chromium": "browser tests", "espeak-ng": "test speech", "redis-server": "shared-state tests"}
+    tools = {"chromium": "browser tests", "espeak-ng": "test speech", "redis-server": "shared-state tests",
+             "turnserver": "TURN credential tests (coturn)", "caddy": "TLS proxy tests"}
     checks = [(f"tool {t}", shutil.which(t) is not None, why) for t, why in tools.items()]
     return checks + [_rnnoise_kernel()]
 

@@ -37,3 +37,35 @@ DSP_RNNOISE_INT8 = Gauge(
 TURNS = Counter("parley_turns_total", "User turns handled", ["persona"])
 INTERRUPTIONS = Counter("parley_interruptions_total", "Agent replies cut off by the user (barge-in)")
 HTTP_ERRORS = Counter("parley_http_errors_total", "API requests answered with an error", ["code"])
+
+# The audio-processing service (`parley dsp-serve`) and the media server's client of it.
+DSP_SERVICE_SESSIONS = Gauge("parley_dsp_service_sessions", "DSP sessions open in the audio-processing service")
+DSP_SERVICE_CHUNKS = Counter(
+    "parley_dsp_service_chunks_total", "Chunks processed by the audio-processing service", ["method"]
+)
+DSP_SERVICE_CHUNK = Histogram(
+    "parley_dsp_service_chunk_seconds",
+    "Server time for one chunk (queueing for the session and its DSP)",
+    buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1),
+)
+DSP_REMOTE_RTT = Histogram(
+    "parley_dsp_remote_rtt_seconds",
+    "Media server: time from sending a 10 ms frame to the service until its result is back",
+    buckets=(5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2e-2, 3e-2, 5e-2, 0.1),
+)
+DSP_REMOTE_LATE = Counter(
+    "parley_dsp_remote_late_frames_total", "Remote DSP results that missed their slot (the raw frame was used)"
+)
+DSP_REMOTE_FALLBACKS = Counter(
+    "parley_dsp_remote_fallbacks_total", "Calls that lost the audio-processing service and went on in process"
+)
+WHIP_FAILURES = Counter(
+    "parley_whip_failures_total", "WHIP sessions whose media never connected, by stage (ice, dtls, other)", ["stage"]
+)
+RATE_LIMITED = Counter("parley_rate_limited_total", "Requests refused with 429 by a rate limit", ["kind"])
+ADMISSION_REFUSED = Counter("parley_admission_refused_total", "Calls refused before answering", ["reason"])
+CALLS_ENDED = Counter("parley_calls_ended_total", "Calls closed, by end reason", ["reason"])
+DEPENDENCY_ERRORS = Counter(
+    "parley_dependency_errors_total", "Failures talking to a service (postgres, redis, milvus, a backend)",
+    ["dependency"],
+)

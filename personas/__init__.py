@@ -47,7 +47,6 @@ class Persona:
     name: str
     description: str
     system_prompt: str
-    greeting: str
     voice: str | None
     temperature: float
     max_tokens: int
@@ -57,13 +56,16 @@ class Persona:
     plot_nodes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     emotion_styles: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
-    def public(self) -> dict[str, str | None]:
-        """The fields ``GET /api/personas`` shows to clients."""
+    def public(self) -> dict[str, Any]:
+        """The fields ``GET /api/personas`` shows to clients; ``plot_nodes`` as a list in the
+        file's order (``[{"id", "text"}]``, empty for most personas) so a client can offer
+        them and send ``settings {plot_node: id}``."""
         return {
             "id": self.id,
             "name": self.name,
             "description": self.description,
             "voice": self.voice,
+            "plot_nodes": [{"id": node, "text": text} for node, text in self.plot_nodes.items()],
         }
 
 
@@ -72,7 +74,6 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "description": (str,),
     "system_prompt": (str,),
-    "greeting": (str,),
     "voice": (str, type(None)),
     "temperature": (int, float),
     "max_tokens": (int,),
@@ -163,7 +164,6 @@ class _Validator:
             name=data["name"],
             description=data["description"],
             system_prompt=data["system_prompt"],
-            greeting=data["greeting"],
             voice=data["voice"],
             temperature=float(data["temperature"]),
             max_tokens=data["max_tokens"],

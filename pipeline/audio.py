@@ -8,6 +8,10 @@ at their own edge with :func:`resample`.
 
 from __future__ import annotations
 
+import wave
+from pathlib import Path
+from typing import BinaryIO
+
 import numpy as np
 
 RATE = 48000
@@ -29,16 +33,34 @@ def rms_dbfs(pcm: np.ndarray) -> float:
 
 
 def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Resample mono int16 with PyAV (libswresample); returns int16 mono at ``dst_rate``."""
+    """Resample a whole mono int16 clip; returns int16 mono at ``dst_rate``."""
     if src_rate == dst_rate or pcm.size == 0:
         return pcm.astype(np.int16, copy=False)
-    import av
+    from pipeline.dsp.resample import FrameResampler, join  # imports this module's constants
 
-    frame = av.AudioFrame.from_ndarray(
-        np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
-    )
-    frame.sample_rate = src_rate
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=dst_rate)
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+    converter = FrameResampler(rate=dst_rate, frame_samples=None)
+    return join(converter.push_pcm(pcm, src_rate) + converter.flush())
+
+
+def read_wav(path: str | Path) -> np.ndarray:
+    """A 16-bit PCM WAV file as 48 kHz mono int16 (mixed down and resampled as needed)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+            channels, rate = w.getnchannels(), w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable WAV file ({exc})") from exc
+    if channels > 1:
+        pcm = pcm.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return resample(pcm, rate, RATE)
+
+
+def write_wav(target: str | Path | BinaryIO, pcm: np.ndarray, rate: int = RATE) -> None:
+    """Mono int16 ``pcm`` at ``rate`` as a 16-bit WAV file (a path or a binary stream)."""
+    with wave.open(target if not isinstance(target, Path) else str(target), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.ascontiguousarray(pcm, dtype="<i2").tobytes())

@@ -24,8 +24,8 @@ from typing import Protocol
 from prometheus_client import Counter
 
 from parley.config import Settings
-from pipeline import registry
-from pipeline.resilience import BackendError, CircuitBreaker, Guard, Policy
+from pipeline.backends import registry
+from pipeline.backends.resilience import BackendError, CircuitBreaker, Guard, Policy
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from personas import Persona
-from pipeline.llm import GenerationParams, Message
+from pipeline.backends.base import GenerationParams, Message
 
 #: Chat templates wrap each message in role markers ("<|im_start|>user\n…<|im_end|>\n"
 #: in SmolLM2's ChatML: 4-5 tokens); counted per message so the budget holds in practice.
@@ -128,7 +128,7 @@ def speech_speed(persona: Persona, emotion: float | None) -> float:
 def _turns(history: Sequence[Message]) -> list[list[Message]]:
     """Group history into turns: each user message with what follows it.
 
-    Messages before the first user message (the greeting) form a turn of their own.
+    Messages before the first user message (if any) form a turn of their own.
     """
     turns: list[list[Message]] = []
     for message in history:

@@ -1,8 +1,9 @@
 """The aiohttp application of one worker: routes, shared resources and their lifecycle.
 
 Resources live in ``cleanup_ctx`` under typed :class:`web.AppKey`s so shutdown runs in
-reverse order of start-up, and every call is hung up (within a time limit) before the
-process exits.
+reverse order of start-up. Every call is hung up (within a time limit) in ``on_shutdown``,
+which aiohttp runs before any cleanup context tears down: a call's last turn may still
+write to storage or use a model on its way out.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from parley.config import REPO_ROOT, Settings
 from personas import UnknownPersona, load_personas
 from pipeline.agent import Agent, AgentContext, Emit, create_agent
 from pipeline.services import Services
-from signaling import api, storage, ws
+from signaling import admission, api, origin, ratelimit, rooms_api, routing, sip, storage, whip, ws
 from signaling.auth import TokenIssuer, load_secret
 from signaling.errors import ApiError, error_middleware
 from signaling.keys import AGENTS, CALLS, MEMORY, PERSONAS, SERVICES, SETTINGS, STORE, TOKENS, WINDOW
 
 logger = logging.getLogger(__name__)
+
+CALLS_SHUTDOWN_TIMEOUT_S = 5.0
 
 WEB_DIR = REPO_ROOT / "web"
 STATIC_FILE = r"{name:[A-Za-z0-9_\-]+\.(?:js|mjs|css|svg|png|ico|json)}"
@@ -38,7 +41,7 @@ STATIC_FILE = r"{name:[A-Za-z0-9_\-]+\.(?:js|mjs|css|svg|png|ico|json)}"
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app[TOKENS] = TokenIssuer(load_secret(settings), settings.token_ttl_s)
+    app[TOKENS] = TokenIssuer(load_secret(settings), settings.token_ttl_s, settings.export_token_ttl_s)
     app[PERSONAS] = load_personas()
     if settings.persona not in app[PERSONAS]:
         raise ValueError(f"PARLEY_PERSONA={settings.persona!r} is not a known persona")
@@ -46,10 +49,19 @@ def create_app(settings: Settings) -> web.Application:
     storage.setup(app)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_calls_ctx)
+    app.on_shutdown.append(_hang_up_calls)
+    sip.setup(app)  # after the calls manager: SIP calls get their BYE first at shutdown
+    rooms_api.setup(app)
+    admission.setup(app)
+    origin.setup(app)
+    ratelimit.setup(app)
+    routing.setup(app)  # after the calls: the cluster follows the call manager's calls
     app.router.add_get("/", index)
+    app.router.add_get("/room", room_page)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)
     api.setup_routes(app)
+    whip.setup_routes(app)
     ws.setup_routes(app)
     app.router.add_get("/" + STATIC_FILE, static_file)
     return app
@@ -89,11 +101,22 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
     await manager.start()
     app[CALLS] = manager
     yield
-    await manager.close_all(timeout=5.0)
+    await manager.close_all(timeout=CALLS_SHUTDOWN_TIMEOUT_S)  # no-op after _hang_up_calls
+
+
+async def _hang_up_calls(app: web.Application) -> None:
+    """``on_shutdown``: close every call (bounded) while storage and services are still up."""
+    manager = app.get(CALLS)
+    if manager is not None:  # None when start-up failed before the calls context
+        await manager.close_all(timeout=CALLS_SHUTDOWN_TIMEOUT_S)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def room_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_DIR / "room.html", headers={"Cache-Control": "no-cache"})
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:

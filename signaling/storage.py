@@ -22,8 +22,10 @@ from pipeline.memory import open_memory
 from pipeline.window import open_window
 from signaling import users_api
 from signaling.auth import Claims
-from signaling.keys import MEMORY, PERSONAS, SETTINGS, STORE, TOKENS, WINDOW
-from signaling.store import Store
+from signaling.keys import MEMORY, PERSONAS, RECORDINGS, SETTINGS, STORE, TOKENS, WINDOW
+from signaling.recordings import Recordings
+from signaling.retention import apply_retention
+from storage import Store, open_sink
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,12 @@ COMPACT_EVERY_S = 24 * 3600.0
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_storage_ctx)
     users_api.setup_routes(
-        app, store_key=STORE, memory_key=MEMORY, window_key=WINDOW,
+        app, store_key=STORE, memory_key=MEMORY, window_key=WINDOW, recordings_key=RECORDINGS,
         auth=lambda request: _required_claims(request),
+        export_tokens=users_api.ExportTokens(
+            issue=lambda request, claims: request.app[TOKENS].encode_export(claims.user_id, claims.session_id),
+            verify=lambda request: request.app[TOKENS].export_from_request(request),
+        ),
     )
 
 
@@ -53,12 +59,14 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await store.close()
         raise
-    app[STORE], app[MEMORY], app[WINDOW] = store, memory, open_window(settings)
+    app[STORE], app[MEMORY], app[WINDOW] = store, memory, open_window(settings, rows=store.windows)
+    app[RECORDINGS] = Recordings(settings, store, open_sink(settings))
     compactor = asyncio.create_task(_compact_daily(app), name="memory compaction")
     yield
     compactor.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await compactor
+    await app[RECORDINGS].close()  # the calls have hung up: their recordings are being stored
     await app[WINDOW].close()
     await memory.close()
     await store.close()
@@ -74,13 +82,18 @@ def _role_record(persona: Persona) -> dict[str, Any]:
 
 
 async def _compact_daily(app: web.Application) -> None:
-    """Fade and archive unused memories once a day (first pass a minute after start)."""
+    """Once a day (first pass a minute after start): fade and archive unused memories, then
+    remove whatever is past its retention limit (signaling.retention)."""
     await asyncio.sleep(60)
     while True:
         try:
             await app[MEMORY].compact()
         except Exception:
             logger.exception("memory compaction failed; will retry tomorrow")
+        try:
+            await apply_retention(app[SETTINGS], app[STORE], app[MEMORY], app[WINDOW], app[RECORDINGS].sink)
+        except Exception:
+            logger.exception("retention pass failed; will retry tomorrow")
         await asyncio.sleep(COMPACT_EVERY_S)
 
 
@@ -91,3 +104,17 @@ async def new_session(app: web.Application, persona_id: str, user_id: str | None
         user_id = await store.create_user()
     session_id = await store.create_session(user_id, persona_id)
     return app[TOKENS].claims(session_id, user_id, persona_id)
+
+
+async def resume_session(app: web.Application, claims: Claims, persona_id: str) -> Claims | None:
+    """Fresh claims for the stored session ``claims`` names, or None when it is gone.
+
+    The token proves the caller held the session; the row must still exist (a deleted user
+    or a session removed by retention cannot be brought back) and belong to that user.
+    """
+    store = app[STORE]
+    record = await store.get_session(claims.session_id)
+    if record is None or record.user_id != claims.user_id:
+        return None
+    await store.touch_session(claims.session_id)
+    return app[TOKENS].claims(claims.session_id, claims.user_id, persona_id)

@@ -12,7 +12,7 @@ its profile removed, whatever happened inside.
 Headless Chromium reports no inbound audio energy through ``getStats()``, so the page
 measures what it receives with a WebAudio AnalyserNode (``window.parley.stats.rxEnergy``).
 
-Run by hand: ``python tests/browser.py URL --wav in.wav --seconds 12 --screenshot out.png``.
+Run by hand (from the repo root): ``python -m tests.browser URL --wav in.wav --seconds 12 --screenshot out.png``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+
+from bench import signals
+from pipeline.audio import RATE, write_wav
+from pipeline.dsp.base import to_int16
 
 logger = logging.getLogger(__name__)
 
@@ -420,36 +425,15 @@ def make_speech_wav(
     *,
     lead_silence_s: float = 1.0,
     tail_silence_s: float = 4.0,
-    rate: int = 48000,
 ) -> Path:
-    """Speaks ``text`` with espeak-ng into a 16-bit mono WAV padded with silence (needs sox)."""
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"{tool} is needed to synthesize the fake-microphone WAV")
+    """``text`` spoken by espeak-ng into a 48 kHz 16-bit mono WAV padded with silence
+    (Chromium's fake microphone wants ≥ 1 s of silence at the end)."""
+    if shutil.which("espeak-ng") is None:
+        raise FileNotFoundError("espeak-ng is needed to synthesize the fake-microphone WAV")
+    speech = to_int16(signals.espeak(text, voice="en", words_per_minute=150))
+    pad = [np.zeros(int(s * RATE), np.int16) for s in (lead_silence_s, tail_silence_s)]
     target = Path(path)
-    raw = target.with_suffix(".espeak.wav")
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), text], check=True, timeout=30)
-    subprocess.run(
-        [
-            "sox",
-            str(raw),
-            "-r",
-            str(rate),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            str(target),
-            "pad",
-            str(lead_silence_s),
-            str(tail_silence_s),
-        ],
-        check=True,
-        timeout=30,
-    )
-    raw.unlink()
+    write_wav(target, np.concatenate([pad[0], speech, pad[1]]))
     return target
 
 

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
-import wave
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -26,34 +25,51 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from bench import signals
+from bench.serverproc import free_port
 from parley.config import Settings
-from pipeline.audio import RATE, resample
-from signaling.store.postgres import EmbeddedPostgres
+from pipeline import audio
+from pipeline.audio import RATE
+from pipeline.dsp.base import to_int16
+from storage.postgres import EmbeddedPostgres
 
 
-def espeak(text: str, path: Path, speed: int = 160) -> np.ndarray:
-    """Speak ``text`` with espeak-ng into ``path``; returns it as 48 kHz mono int16."""
+def espeak(text: str, speed: int = 160) -> np.ndarray:
+    """``text`` spoken by espeak-ng's default voice, as 48 kHz mono int16."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
-    subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(path), text], check=True)
-    with wave.open(str(path), "rb") as w:
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        return resample(pcm, w.getframerate(), RATE)
+    return to_int16(signals.espeak(text, voice="en", words_per_minute=speed))
+
+
+def real_utterance(name: str) -> Any:
+    """The recorded utterance ``name`` of ``bench.real_speech``; skips where the recordings are missing."""
+    real_speech = pytest.importorskip("bench.real_speech")
+    try:
+        return next(u for u in real_speech.real_utterances() if u.name == name)
+    except real_speech.MissingSpeech as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smart_turn() -> Any:
+    """The Smart Turn end-of-turn model, loaded once; skips where its wheel is not installed."""
+    pytest.importorskip("onnxruntime")
+    from pipeline.dsp.smart_turn import SmartTurn
+
+    try:
+        return SmartTurn()
+    except Exception as exc:  # the wheel holding the weights is not installed
+        pytest.skip(f"Smart Turn unavailable: {exc}")
 
 
 @pytest.fixture
 def speech(tmp_path: Path) -> Callable[[str], np.ndarray]:
     """Factory: text → 48 kHz mono int16 speech (espeak-ng), made fresh for each test."""
-    counter = iter(range(1000))
-    return lambda text, speed=160: espeak(text, tmp_path / f"speech{next(counter)}.wav", speed)
+    return espeak
 
 
 def write_wav(path: Path, pcm: np.ndarray, rate: int = RATE) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
+    audio.write_wav(path, pcm, rate)
     return path
 
 
@@ -96,12 +112,6 @@ def pg_server_url() -> Iterator[str]:
         asyncio.run(server.stop())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a Redis server: $PARLEY_REDIS_URL, else a redis-server started for this run."""
@@ -112,7 +122,7 @@ def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed and PARLEY_REDIS_URL is not set")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.PIPE,
@@ -152,7 +162,10 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=str(tmp_path / "data"), persona="echo", database_url=database_url)
+    """A server in the test process: its load includes the test's own client peers and models,
+    so admission by measured load is off here (tests/test_load.py turns it on)."""
+    return Settings(data_dir=str(tmp_path / "data"), persona="echo", database_url=database_url,
+                    load_limit=1000.0)
 
 
 @pytest.fixture

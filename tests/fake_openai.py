@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from bench.serverproc import free_port
 from parley.config import Settings
 
 PITCH_LOW, PITCH_STEP, PITCH_BINS = 200.0, 20.0, 40
@@ -65,6 +66,7 @@ class Record:
     route: str
     body: dict[str, Any]
     authorized: bool
+    at: float = field(default_factory=time.monotonic)  # arrival, on the test's own clock
     audio: dict[str, float] = field(default_factory=dict)  # transcriptions: rate, channels, seconds
     usage: dict[str, int] = field(default_factory=dict)
     chunks_sent: int = 0
@@ -416,13 +418,6 @@ class FakeOpenAI:
         )
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names]
         return web.json_response({"object": "list", "data": data})
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dead_url() -> str:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
 OFFER_PREFIX = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 BROKEN_AUDIO = OFFER_PREFIX + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nbroken"
 PLAIN_RTP = OFFER_PREFIX + "m=audio 9 RTP/AVP 0\r\n"
+#: a real offer (headless Chromium's): requests that must fail for another reason carry it,
+#: since an offer is checked before any session is touched
+CHROMIUM_OFFER = (Path(__file__).parent / "sdp_offers" / "chromium-0.sdp").read_text()
 SDP = {"Content-Type": "application/sdp"}
 JSON = {"Content-Type": "application/json"}
 
@@ -34,7 +39,7 @@ async def test_health_metrics_personas_and_page(url: str) -> None:
         async with http.get(f"{url}/api/personas") as r:
             personas = await r.json()
         assert {"socrates", "holmes", "storyteller", "echo"} <= {p["id"] for p in personas}
-        assert all(set(p) == {"id", "name", "description", "voice"} for p in personas)
+        assert all(set(p) == {"id", "name", "description", "voice", "plot_nodes"} for p in personas)
         async with http.get(f"{url}/") as r:
             assert r.status == 200 and 'id="persona"' in await r.text()
 
@@ -64,10 +69,10 @@ async def test_session_token_keeps_user(url: str) -> None:
         ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "answer"}}, 400, "bad_sdp"),
         ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "offer"}}, 400, "bad_sdp"),
         ("/api/offer", {"json": {"sdp": BROKEN_AUDIO, "type": "offer"}}, 400, "bad_sdp"),
-        ("/api/offer", {"json": {"sdp": OFFER_PREFIX + "m=audio", "type": "offer", "persona": "x"}},
+        ("/api/offer", {"json": {"sdp": CHROMIUM_OFFER, "type": "offer", "persona": "x"}},
          400, "unknown_persona"),
         ("/api/offer", {"json": {"sdp": 42, "type": "offer"}}, 400, "bad_sdp"),
-        ("/api/offer", {"json": {"sdp": OFFER_PREFIX, "type": "offer", "session_id": "x"}}, 401, "unauthorized"),
+        ("/api/offer", {"json": {"sdp": CHROMIUM_OFFER, "type": "offer", "session_id": "x"}}, 401, "unauthorized"),
         ("/api/offer", {"data": "x" * 300_000, "headers": {"Content-Type": "application/json"}}, 413, "body_too_large"),
         ("/whip", {"data": OFFER_PREFIX, "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
         ("/whip", {"data": "garbage", "headers": SDP}, 400, "bad_sdp"),
@@ -82,7 +87,7 @@ async def test_bad_input_is_a_json_4xx(url: str, path: str, kwargs: dict, status
 async def test_token_must_match_session(url: str) -> None:
     async with aiohttp.ClientSession() as http:
         mine, other = await session(http, url), await session(http, url)
-        body = {"sdp": OFFER_PREFIX + "m=audio", "type": "offer", "session_id": other["session_id"]}
+        body = {"sdp": CHROMIUM_OFFER, "type": "offer", "session_id": other["session_id"]}
         headers = {"Authorization": f"Bearer {mine['token']}"}
         async with http.post(f"{url}/api/offer", json=body, headers=headers) as r:
             assert await error_of(r) == (403, "forbidden")
@@ -99,6 +104,8 @@ async def test_unknown_routes_methods_and_calls(url: str) -> None:
         async with http.delete(f"{url}/whip/0123") as r:
             assert await error_of(r) == (404, "not_found")
         async with http.get(f"{url}/ws?token=forged") as r:
+            assert await error_of(r) == (401, "token_in_url")
+        async with http.get(f"{url}/ws", headers={"Sec-WebSocket-Protocol": "parley.v1, parley.token.forged"}) as r:
             assert await error_of(r) == (401, "bad_token")
         async with http.get(f"{url}/ws?persona=nobody") as r:
             assert await error_of(r) == (400, "unknown_persona")

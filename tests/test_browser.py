@@ -1,4 +1,5 @@
-"""The web page in real headless Chromium against a real ``parley serve`` (echo persona).
+"""The web page in real headless Chromium against a real ``parley serve`` (echo persona;
+one test talks to an AI persona on the local models).
 
 The fake microphone plays speech made at test time (espeak-ng + sox); the page measures
 the agent's audio it receives with a WebAudio analyser (``window.parley.stats.rxEnergy``),
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
-from bench.serverproc import scrape
+from bench.serverproc import free_port, scrape
+from pipeline.audio import RATE, write_wav
 from tests.browser import CHROMIUM, energy_by_state, make_speech_wav, open_page
 
 pytestmark = [
@@ -112,12 +114,6 @@ class ParleyServer:
 FRAME_COUNTERS = ("parley_frames_sent_total", "parley_frames_late_total")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def parley_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParleyServer]:
     if not PARLEY.exists():
@@ -140,11 +136,7 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def silence_wav(tmp_path: Path) -> Path:
     """A quiet microphone (Chromium's fake device beeps when given no file)."""
     path = tmp_path / "silence.wav"
-    subprocess.run(
-        ["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(path), "trim", "0", "60"],
-        check=True,
-        timeout=30,
-    )
+    write_wav(path, np.zeros(60 * RATE, np.int16))
     return path
 
 
@@ -256,6 +248,47 @@ async def test_interrupt_button_silences_the_reply(
     after = [s["rms"] for s in timeline if clicked_at + 400 <= s["t"] <= clicked_at + 1000]
     assert max(before) > 0.02, "the reply was not audible before the interrupt"
     assert after and max(after) < 0.01, f"still audible after the interrupt: {max(after):.3f}"
+
+
+TYPED = "Who are you, and what do you teach?"
+TRANSCRIPT_ITEMS_JS = "[...document.querySelectorAll('#transcript li')].map((li) => li.textContent)"
+
+
+@pytest.mark.models
+@pytest.mark.timeout(180)
+async def test_typed_message_to_an_ai_persona_shows_once(
+    parley_server: ParleyServer, silence_wav: Path
+) -> None:
+    """The server's ``stt-final`` is the one owner of #transcript: a typed message appears
+    once (not also as a local echo), and the local models' reply lands in #reply."""
+    url = f"{parley_server.url}/?persona=socrates&autostart=1"
+    async with open_page(url, fake_mic=silence_wav) as page:
+        await page.wait_for("document.body.dataset.state === 'listening'", timeout=30)
+        await page.evaluate(
+            f"""(() => {{
+              document.getElementById('text-input').value = {TYPED!r};
+              document.getElementById('text-form').requestSubmit();
+            }})()"""
+        )
+        await page.wait_for(
+            "window.parley.events.some((e) => e.type === 'llm-done')"
+            " && document.getElementById('reply').textContent.trim().length > 0",
+            timeout=90,
+        )
+        await asyncio.sleep(0.5)  # a late duplicate would have arrived by now
+        transcript = await page.evaluate(TRANSCRIPT_ITEMS_JS)
+        typed_class = await page.evaluate(
+            "[...document.querySelectorAll('#transcript li.typed')].length"
+        )
+        reply = await page.evaluate("document.getElementById('reply').textContent")
+        parley = await page.parley()
+        errors = [entry.text for entry in page.console_errors()]
+    assert transcript == [TYPED], transcript
+    assert typed_class == 1
+    done = next(e for e in parley["events"] if e["type"] == "llm-done")
+    assert done["text"] and done["text"] in reply
+    assert parley["errors"] == []
+    assert errors == []
 
 
 async def test_falls_back_to_websocket_when_webrtc_stalls(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import numpy as np
 
-from media_server.client import CallClient, speech_end_offset
+from parley.call.client import CallClient, speech_end_offset
 from pipeline.audio import FRAME_10MS, RATE, rms_dbfs
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -72,13 +74,19 @@ async def test_barge_in_stops_reply_quickly(url: str, speech: Callable[..., np.n
         since = time.monotonic()
         playback = client.say(interruption)
         interrupted = await client.wait_event(lambda e: e["type"] == "interrupted", 10, since)
+        t_interrupted = next(t for t, e in client.events if e is interrupted)
         await asyncio.sleep(0.4)
         t_onset = playback.started_at + onset_offset(interruption)
         after = client.voiced_between(t_onset, t_onset + 0.9)
-    stop_ms = ((after[-1].t + 0.01) - t_onset) * 1000 if after else 0.0
-    print(f"barge-in: reply stopped {stop_ms:.0f} ms after speech onset (client clock)")
+    assert after, "the reply was not playing when the user spoke"
+    t_stop = after[-1].t + 0.01
+    print(f"barge-in: reply stopped {(t_stop - t_onset) * 1000:.0f} ms after speech onset, "
+          f"interrupted after {(t_interrupted - t_onset) * 1000:.0f} ms (client clock)")
     assert interrupted["heard_text"] == ""  # echo has no text; the field is present
-    assert stop_ms <= 150
+    # two-step barge-in: the speech onset pauses the reply at once; the interruption is only
+    # confirmed (and announced) after barge_in_min_ms of speech -- the audio stopped first
+    # (how soon, on a quiet machine, is `parley bench bargein`'s figure, not a test's)
+    assert t_stop < t_interrupted
 
 
 async def test_short_burst_does_not_interrupt(url: str, speech: Callable[..., np.ndarray]) -> None:
@@ -123,3 +131,31 @@ async def test_whip_post_and_delete(server, speech: Callable[..., np.ndarray]) -
             assert r.status == 404
     assert not runner.app[CALLS].calls
     await pc.close()
+
+
+async def test_ws_messages_go_through_one_inbox_task(url: str) -> None:
+    """50 audio chunks a second must not mean 50 tasks a second: one consumer per call."""
+    loop = asyncio.get_running_loop()
+    created: list[asyncio.Task[object]] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        created.append(task)
+        return task
+
+    chunk = base64.b64encode(np.zeros(960, "<i2").tobytes()).decode()  # 20 ms at 48 kHz
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/ws?persona=echo") as ws:
+        assert (await ws.receive_json(timeout=10))["type"] == "turn"
+        loop.set_task_factory(counting_factory)
+        try:
+            for seq in range(100):
+                await ws.send_json({"type": "audio-chunk", "seq": seq, "data": chunk})
+            await ws.send_json({"type": "ping", "t": 42})
+            async with asyncio.timeout(10):
+                while (message := await ws.receive_json())["type"] != "pong":
+                    assert message["type"] != "error", message
+        finally:
+            loop.set_task_factory(None)
+    assert message["t"] == 42  # handled after the 100 chunks queued before it
+    per_call = [t.get_name() for t in created if t.get_name().startswith("call ")]
+    assert len(per_call) <= 2, per_call

@@ -42,7 +42,9 @@ def test_call_prints_contract_json(served: str, tmp_path: Path, speech: Callable
                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    assert set(result) == {"transcript", "reply_text", "reply_audio_s", "latency_ms", "frames"}
+    assert set(result) == {"transcript", "reply_text", "reply_audio_s", "latency_ms", "frames",
+                           "turn_ends", "interruptions", "premature_replies"}
+    assert len(result["turn_ends"]) >= 1 and result["premature_replies"] == 0
     assert set(result["latency_ms"]) == {"turn", "stt", "llm_first_token", "tts_first_audio"}
     assert result["reply_audio_s"] > 1.0
     assert 0 < result["latency_ms"]["turn"] < 3000

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media_server.client import CallClient
+from parley.call.client import CallClient
 from parley.config import Settings
 from pipeline.audio import RATE
 from tests.conftest import start_server

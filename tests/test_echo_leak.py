@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from media_server.agent_track import AgentTrack
-from media_server.client import CallClient
+from parley.call.client import CallClient
 from pipeline.audio import FRAME_10MS
 from tests.test_call import SENTENCE, say_and_wait_reply, voiced_span
 

@@ -12,14 +12,14 @@ import pytest
 
 from parley.config import Settings
 from personas import get_persona
-from pipeline import registry
 from pipeline.audio import RATE, rms_dbfs
+from pipeline.backends import registry
 from pipeline.backends._local import ModelWorker
+from pipeline.backends.base import GenerationParams, Message
 from pipeline.backends.local_llm import LlamaLLM
 from pipeline.backends.local_stt import WhisperSTT
 from pipeline.backends.local_tts import PiperTTS
 from pipeline.chunker import SentenceChunker
-from pipeline.llm import GenerationParams, Message
 from pipeline.prompt import build_messages, generation_params
 
 pytestmark = pytest.mark.models

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from media_server.client import CallClient
+from parley.call.client import CallClient
 from parley.config import Settings
 from signaling.keys import STORE
 from tests.conftest import start_server
@@ -87,12 +87,14 @@ async def test_spoken_remember_that_is_saved_then_export_and_delete_leave_nothin
             async with http.post(f"{url}/api/sessions/{session['session_id']}/memories",
                                  json={"text": "I prefer tea to coffee."}, headers=headers) as r:
                 assert r.status == 201
-            async with http.get(f"{url}/api/users/{user}/export", headers=headers) as r:
+            async with http.post(f"{url}/api/users/{user}/export-token", headers=headers) as r:
+                export_headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+            async with http.get(f"{url}/api/users/{user}/export", headers=export_headers) as r:
                 exported = await r.json()
             texts = " ".join(m["text"] for m in exported["memories"]).lower()
             assert "birthday" in texts and "tea" in texts
             assert exported["window"], "the conversation window is part of the export"
-            async with http.get(f"{url}/api/users/{'0' * 32}/export", headers=headers) as r:
+            async with http.get(f"{url}/api/users/{'0' * 32}/export", headers=export_headers) as r:
                 assert r.status == 403
             async with http.delete(f"{url}/api/users/{user}", headers=headers) as r:
                 assert r.status == 204

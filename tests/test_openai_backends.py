@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from pipeline import usage
 from pipeline.audio import RATE
+from pipeline.backends.base import Embedder, GenerationParams, Message
 from pipeline.backends.openai_backends import (
     OpenAIEmbedder,
     OpenAILLM,
@@ -22,9 +23,7 @@ from pipeline.backends.openai_backends import (
     OpenAITTS,
     PcmStream,
 )
-from pipeline.llm import GenerationParams, Message
-from pipeline.memory.embedder import Embedder
-from pipeline.resilience import BackendError
+from pipeline.backends.resilience import BackendError
 from tests.fake_openai import SPEECH_RATE, FakeOpenAI, Fault, dead_url, settings_for, speech
 
 KEY = "sk-test-parley-0123456789abcdef"

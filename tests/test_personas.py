@@ -23,7 +23,6 @@ def valid(persona_id: str = "tester") -> dict[str, Any]:
         "name": "Tester",
         "description": "A persona for tests.",
         "system_prompt": "You are a tester. Answer in one short sentence.",
-        "greeting": "Hello.",
         "voice": "joe",
         "temperature": 0.7,
         "max_tokens": 40,
@@ -54,7 +53,12 @@ def test_get_persona_and_public_fields() -> None:
         "name": socrates.name,
         "description": socrates.description,
         "voice": socrates.voice,
+        "plot_nodes": [],
     }
+    storyteller = get_persona("storyteller")
+    nodes = storyteller.public()["plot_nodes"]
+    assert [n["id"] for n in nodes] == list(storyteller.plot_nodes)  # the file's order
+    assert all(n["text"] == storyteller.plot_nodes[n["id"]] for n in nodes)
 
 
 def test_unknown_persona_lists_the_known_ones() -> None:
@@ -105,7 +109,7 @@ def test_invalid_field_is_named_with_the_file(
     assert repr(field) in message
 
 
-@pytest.mark.parametrize("field", ["system_prompt", "greeting", "memory_policy", "voice"])
+@pytest.mark.parametrize("field", ["system_prompt", "memory_policy", "voice"])
 def test_missing_field_is_named(tmp_path: Path, field: str) -> None:
     data = valid()
     del data[field]

@@ -8,8 +8,8 @@ import pytest
 
 from parley.config import Settings
 from personas import get_persona
-from pipeline import registry
-from pipeline.llm import Message
+from pipeline.backends import registry
+from pipeline.backends.base import Message
 from pipeline.prompt import (
     MESSAGE_OVERHEAD_TOKENS,
     build_messages,

@@ -14,14 +14,16 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+import pipeline.agent.fallback  # noqa: F401  # exports the spoken-apology metrics
 import pipeline.moderation  # noqa: F401  # exports the moderation metrics
 import pipeline.usage  # noqa: F401  # exports the budget and usage metrics
+import storage.retry  # noqa: F401  # exports the dropped-writes metric
 from parley.config import Settings
 from pipeline.audio import RATE
+from pipeline.backends.base import GenerationParams, Message
 from pipeline.backends.openai_backends import OpenAILLM, OpenAISTT, OpenAITTS
-from pipeline.llm import GenerationParams, Message
-from pipeline.registry import register
-from pipeline.resilience import (
+from pipeline.backends.registry import register
+from pipeline.backends.resilience import (
     BackendError,
     CircuitBreaker,
     FallbackLLM,
@@ -294,6 +296,9 @@ def test_alert_rules_only_use_metrics_parley_exports() -> None:
     rules_file = Path(__file__).parent.parent / "infra" / "prometheus" / "alerts.yml"
     rules = [r for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]]
     used = {m for r in rules for m in re.findall(r"\bparley_[a-z_]+", r["expr"])}
-    families = list(REGISTRY.collect())  # label-less families have no samples yet
-    exported = {m.name + ("_total" if m.type == "counter" else "") for m in families}
+    import parley.metrics  # noqa: F401  (registers the shared families, whatever ran before)
+
+    families = list(REGISTRY.collect())  # labelled families have no samples yet: name them
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+    exported = {m.name + suffix for m in families for suffix in suffixes.get(m.type, ("",))}
     assert used and used <= exported, used - exported

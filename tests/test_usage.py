@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
+from bench.serverproc import free_port
 from pipeline import usage
 from pipeline.usage import Budget, MemoryStore, RedisStore, Usage, budget_notice
-from tests.fake_openai import free_port
 
 
 def sample(name: str, **labels: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -10,9 +11,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from media_server.client import CallClient
+from parley.call.client import CallClient
 from parley.config import Settings
-from pipeline import registry
+from pipeline.backends import registry
+from pipeline.window import open_window
+from tests.conftest import start_server
 from tests.test_call import onset_offset, say_and_wait_reply
 
 pytestmark = pytest.mark.models
@@ -81,3 +84,52 @@ async def test_typed_text_works_like_speech(url: str) -> None:
     assert final["text"] == "Who are you?"
     assert done["text"]
     assert error["code"] == "bad_setting"
+
+
+#: typed turns that each replace a reply already being spoken (storyteller talks at length)
+REPLACING_TURNS = (
+    "Tell me a long story about a dragon.",
+    "No, tell me a story about a lighthouse keeper instead.",
+    "Actually, tell me about a sailor and the sea.",
+)
+
+
+async def test_replaced_replies_reach_the_redis_window_in_order(
+    settings: Settings, redis_url: str
+) -> None:
+    """A replaced reply's heard text lands in history before the next user message.
+
+    The new reply must start only once the cancelled one has finished writing what was
+    heard; otherwise, with the Redis window, the next turn's user message can overtake it.
+    """
+    settings = dataclasses.replace(settings, redis_url=redis_url)
+    runner, url = await start_server(settings)
+    window = open_window(Settings(redis_url=redis_url))
+    session = ""
+    try:
+        async with CallClient(url, "storyteller") as client:
+            session = client.session["session_id"]
+            start = time.monotonic()
+            for text in REPLACING_TURNS[:-1]:
+                since = time.monotonic()
+                client.send({"type": "text", "text": text})
+                await client.wait_event(lambda e: e["type"] == "tts-start", timeout=60, since=since)
+                await asyncio.sleep(1.0)  # a few words of it are heard
+            since = time.monotonic()
+            client.send({"type": "text", "text": REPLACING_TURNS[-1]})
+            done = await client.wait_event(lambda e: e["type"] == "llm-done", timeout=90, since=since)
+            heard = [e["heard_text"] for t, e in client.events if t >= start and e["type"] == "interrupted"]
+        history = await window.load(session)
+    finally:
+        await runner.cleanup()
+        if session:
+            await window.delete(session)
+        await window.close()
+    expected = []
+    for text, heard_text in zip(REPLACING_TURNS, [*heard, done["text"]], strict=True):
+        expected.append(("user", text))
+        if heard_text:
+            expected.append(("assistant", heard_text))
+    assert len(heard) == len(REPLACING_TURNS) - 1
+    got = [(m.role, m.content) for m in history]
+    assert got == expected, "\n".join(map(repr, got))

@@ -1,13 +1,14 @@
-// HTTP calls to the Parley signaling server (DESIGN.md, "HTTP").
+// HTTP calls to the Parley signaling server (README, "HTTP API").
 // Paths are relative so the page also works when served under a path prefix.
 
 /** A non-2xx answer; `code` and `message` come from the server's `{"error": {...}}` body. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfterS = null) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
+    this.retryAfterS = retryAfterS; // a full server (503) says when to try again
   }
 }
 
@@ -33,26 +34,31 @@ async function request(path, { method = 'GET', body, token, signal } = {}) {
       response.status,
       error.code || `http-${response.status}`,
       error.message || response.statusText || `HTTP ${response.status}`,
+      Number(response.headers.get('Retry-After')) || null,
     );
   }
   return payload;
 }
 
-/** `[{id, name, description, voice}]` */
+/** `[{id, name, description, voice, plot_nodes: [{id, text}]}]` */
 export function listPersonas(signal) {
   return request('api/personas', { signal });
 }
 
 /**
  * Opens a session: `{session_id, user_id, token, expires_at, ice_servers}`.
- * Passing the previous token keeps the same user across reconnects; if that token
- * has expired we simply start over as a new user.
+ * Passing the previous session keeps the same user; with `resume` it asks for that very
+ * session back (same conversation window: reconnects after a drop or a server restart).
+ * The answer's `session_id` says whether it was resumed: a session the server no longer
+ * has, or an expired token, gives a new session (a new user if the token has expired).
  */
-export async function createSession(persona, previousToken, signal) {
+export async function createSession(persona, previous, { resume = false, signal } = {}) {
+  const body = { persona };
+  if (resume && previous) body.session_id = previous.session_id;
   try {
-    return await request('api/sessions', { method: 'POST', body: { persona }, token: previousToken, signal });
+    return await request('api/sessions', { method: 'POST', body, token: previous?.token, signal });
   } catch (error) {
-    if (previousToken && error instanceof ApiError && error.status === 401) {
+    if (previous && error instanceof ApiError && error.status === 401) {
       return request('api/sessions', { method: 'POST', body: { persona }, signal });
     }
     throw error;

@@ -15,6 +15,8 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   persona: $('persona'),
   personaDescription: $('persona-description'),
+  plotField: $('plot-field'),
+  plotNode: $('plot-node'),
   mic: $('mic'),
   interrupt: $('interrupt'),
   emotion: $('emotion'),
@@ -55,6 +57,7 @@ const call = new Call({ audio, transport: params.get('transport') || 'auto' });
 const parley = {
   state: call.state,
   transport: null,
+  sessionId: null, // the server session; the same across reconnects
   transitions: [{ t: performance.now(), state: call.state }],
   stats: {
     rxEnergy: [], // {t, rms, state}: what the agent's audio measured at this end
@@ -75,6 +78,10 @@ let agentMeter = null;
 let meterTimer = null;
 let currentReply = null; // the <li> an in-progress agent reply streams into
 let turnHasReply = false; // whether this agent turn already has an entry in #reply
+// Typed messages sent and not yet confirmed. The server owns #transcript: every user turn,
+// spoken or typed, comes back as `stt-final` (trimmed and cut as the agent took it), and
+// only that is rendered; this list just marks the confirmed item as typed.
+const typedPending = [];
 
 // ---- call events ---------------------------------------------------------------
 
@@ -118,10 +125,13 @@ call.addEventListener('remote-audio', ({ detail }) => {
 
 call.addEventListener('transport', ({ detail: { name } }) => {
   parley.transport = name;
+  parley.sessionId = call.session?.session_id ?? null;
   ui.transport.textContent = TRANSPORT_TEXT[name] || name;
   ui.transport.hidden = false;
-  // A fresh server session knows nothing of the slider; tell it (also after reconnects).
-  call.send({ type: 'settings', emotion: Number(ui.emotion.value) });
+  // A new call's agent knows nothing of the controls; tell it (also after reconnects).
+  const settings = { type: 'settings', emotion: Number(ui.emotion.value) };
+  if (ui.plotNode.value) settings.plot_node = ui.plotNode.value;
+  call.send(settings);
 });
 
 call.addEventListener('rtt', ({ detail: { ms } }) => {
@@ -152,10 +162,14 @@ function render(message) {
     case 'stt-interim':
       ui.interim.textContent = message.text || '';
       break;
-    case 'stt-final':
+    case 'stt-final': {
       ui.interim.textContent = '';
-      if (message.text) appendItem(ui.transcript, message.text);
+      if (!message.text) break;
+      const typed = typedPending.indexOf(message.text);
+      if (typed >= 0) typedPending.splice(0, typed + 1);
+      appendItem(ui.transcript, message.text, typed >= 0 ? 'typed' : undefined);
       break;
+    }
     case 'llm-token': {
       const item = replyItem();
       // Screen readers wait for the whole reply instead of reading every token.
@@ -298,6 +312,7 @@ function startMeters() {
 }
 
 function endOfCall() {
+  typedPending.length = 0;
   clearInterval(meterTimer);
   meterTimer = null;
   micMeter?.dispose();
@@ -349,7 +364,13 @@ ui.interrupt.addEventListener('click', () => call.interrupt());
 
 ui.persona.addEventListener('change', () => {
   showPersonaDescription();
+  showPlotNodes();
   if (call.active) call.setPersona(ui.persona.value);
+});
+
+ui.plotNode.addEventListener('change', () => {
+  // "" = no plot node: the storyteller goes on where the conversation leads.
+  if (call.active) call.send({ type: 'settings', plot_node: ui.plotNode.value || null });
 });
 
 let emotionTimer = null;
@@ -367,7 +388,8 @@ ui.textForm.addEventListener('submit', (event) => {
   const text = ui.textInput.value.trim();
   if (!text) return;
   if (call.send({ type: 'text', text })) {
-    appendItem(ui.transcript, text, 'typed');
+    typedPending.push(text.slice(0, 2000)); // shown when the server confirms it (stt-final)
+    if (typedPending.length > 20) typedPending.shift();
     ui.textInput.value = '';
   } else {
     showError('Not connected: start a call to send messages.');
@@ -382,7 +404,8 @@ document.addEventListener('pointerdown', () => {
   if (ui.remoteAudio.srcObject && ui.remoteAudio.paused) ui.remoteAudio.play().catch(() => {});
 });
 
-window.addEventListener('pagehide', () => call.hangUp());
+// A reload mid-call resumes the same conversation on the next start (session-store.js).
+window.addEventListener('pagehide', () => call.hangUp(undefined, { resumable: true }));
 
 // ---- personas and deep links ---------------------------------------------------
 
@@ -390,6 +413,19 @@ function showPersonaDescription() {
   const persona = personas.find((p) => p.id === ui.persona.value);
   const voice = persona && persona.voice ? ` Voice: ${persona.voice}.` : '';
   ui.personaDescription.textContent = persona ? `${persona.description || ''}${voice}`.trim() : '';
+}
+
+/** The story positions of the selected persona (the storyteller's plot), if it has any. */
+function showPlotNodes() {
+  const persona = personas.find((p) => p.id === ui.persona.value);
+  const nodes = (persona && persona.plot_nodes) || [];
+  const none = new Option('Let the story flow', '');
+  ui.plotNode.replaceChildren(none, ...nodes.map((node) => {
+    const option = new Option(node.text, node.id);
+    option.title = node.id;
+    return option;
+  }));
+  ui.plotField.hidden = nodes.length === 0;
 }
 
 async function init() {
@@ -408,6 +444,7 @@ async function init() {
   if (wanted && known) ui.persona.value = wanted;
   if (!known) showError(`Unknown persona “${wanted}”; pick one from the list.`);
   showPersonaDescription();
+  showPlotNodes();
   ui.persona.disabled = personas.length === 0;
   ui.mic.disabled = personas.length === 0;
   parley.ready = true;

@@ -7,12 +7,18 @@
 //     +-----------------+  +----------------------------+  channel/socket closed
 //   hang up from any state returns to idle.
 //
+// Continuity: the session is kept in sessionStorage (session-store.js). Every reconnect asks
+// the server for the same session back, so the agent keeps the conversation window; so does
+// a start after the tab was reloaded mid-call. After a hang-up the next call is a new
+// session of the same user.
+//
 // Transport choice: WebRTC first; if it is not connected within CONNECT_TIMEOUT_MS the
 // call falls back to the WebSocket transport and stays on it for its reconnects.
 
 import { createSession } from './api.js';
 import { Heartbeat } from './heartbeat.js';
 import { RtcTransport } from './rtc-transport.js';
+import { SessionStore } from './session-store.js';
 import { WsTransport } from './ws-transport.js';
 
 export const CONNECT_TIMEOUT_MS = 8000;
@@ -37,9 +43,11 @@ export class Call extends EventTarget {
    * @param {object} options
    * @param {import('./audio.js').AudioEngine} options.audio
    * @param {'auto' | 'webrtc' | 'ws'} options.transport  "webrtc" disables the fallback, "ws" forces it
+   * @param {SessionStore} [options.sessions]  where the session outlives a reload
    */
-  constructor({ audio, transport = 'auto' }) {
+  constructor({ audio, transport = 'auto', sessions = new SessionStore() }) {
     super();
+    this.sessions = sessions;
     this.audio = audio;
     this.preference = transport;
     this.state = 'idle';
@@ -60,7 +68,9 @@ export class Call extends EventTarget {
   async start(persona) {
     if (this.active) return;
     this.persona = persona;
-    this.session = null;
+    const stored = this.sessions.load();
+    this.session = stored?.session ?? null; // its token keeps the same user
+    const resumable = Boolean(stored?.resumable);
     this.useFallback = this.preference === 'ws' || typeof RTCPeerConnection === 'undefined';
     const lifetime = new AbortController();
     this.lifetime = lifetime;
@@ -79,15 +89,23 @@ export class Call extends EventTarget {
       }
       this.mic = mic;
       this.emit('mic', { stream: mic });
-      await this.open(lifetime.signal);
+      // A duplicated tab has a copy of the session; it must not take over the original's call.
+      const resume = resumable && !(await this.sessions.liveElsewhere(this.session?.session_id));
+      await this.open(lifetime.signal, resume);
     } catch (error) {
       if (!lifetime.signal.aborted) this.hangUp(`Could not start the call: ${describe(error)}`);
     }
   }
 
-  /** Ends the call; with a message, reports it as the reason. Safe to call twice. */
-  hangUp(errorMessage) {
+  /**
+   * Ends the call; with a message, reports it as the reason. Safe to call twice.
+   * `resumable`: the next start() resumes this session (a failure, or the page going away
+   * mid-call) rather than starting a new conversation (the user hanging up).
+   */
+  hangUp(errorMessage, { resumable = Boolean(errorMessage) } = {}) {
     if (!this.active) return;
+    this.sessions.save(this.session, resumable);
+    this.sessions.live = null;
     this.lifetime?.abort(new DOMException('hung up', 'AbortError'));
     this.closeTransport();
     stopTracks(this.mic);
@@ -115,8 +133,11 @@ export class Call extends EventTarget {
     return this.send({ type: 'interrupt' });
   }
 
-  async open(signal) {
-    this.session = await createSession(this.persona, this.session?.token, signal);
+  /** A session (the same one again when `resume`), then a transport. */
+  async open(signal, resume = false) {
+    this.session = await createSession(this.persona, this.session, { resume, signal });
+    this.sessions.save(this.session, true);
+    this.sessions.live = this.session.session_id;
     if (!this.useFallback) {
       try {
         await this.connect(RtcTransport, signal);
@@ -195,7 +216,7 @@ export class Call extends EventTarget {
         );
         try {
           await sleep(delay, signal);
-          await this.open(signal);
+          await this.open(signal, true);
           this.notice('Reconnected.');
           return;
         } catch (error) {
@@ -254,5 +275,9 @@ export function describe(error) {
   if (!error) return 'unknown error';
   if (error.name === 'NotAllowedError') return 'microphone permission was denied';
   if (error.name === 'NotFoundError') return 'no microphone was found';
+  if (error.status === 503) {
+    const when = error.retryAfterS ? ` Try again in ${error.retryAfterS} s.` : '';
+    return `the server is full right now (${error.message}).${when}`;
+  }
   return error.message || String(error);
 }

@@ -1,6 +1,7 @@
 // WebRTC transport: microphone up, agent audio down, events on the DataChannel "events".
 
 import { postOffer, throwIfAborted } from './api.js';
+import { until } from './until.js';
 
 // With no STUN/TURN servers (the offline default) host candidates are gathered in
 // milliseconds; with a STUN server that never answers, gathering can hang for ~40 s.
@@ -117,56 +118,20 @@ export class RtcTransport {
 }
 
 function waitForOpen(pc, channel, signal) {
-  return new Promise((resolve, reject) => {
-    const cleanup = () => {
-      channel.removeEventListener('open', onOpen);
-      pc.removeEventListener('connectionstatechange', onState);
-      signal.removeEventListener('abort', onAbort);
-    };
-    const onOpen = () => {
-      cleanup();
-      resolve();
-    };
-    const onState = () => {
-      if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
-        cleanup();
-        reject(new Error(`peer connection ${pc.connectionState}`));
-      }
-    };
-    const onAbort = () => {
-      cleanup();
-      reject(signal.reason);
-    };
-    if (channel.readyState === 'open') return resolve();
-    channel.addEventListener('open', onOpen);
-    pc.addEventListener('connectionstatechange', onState);
-    signal.addEventListener('abort', onAbort);
-  });
+  if (channel.readyState === 'open') return Promise.resolve();
+  const failed = () => ['failed', 'closed'].includes(pc.connectionState);
+  return until(signal, [
+    { target: channel, type: 'open', decide: () => true },
+    {
+      target: pc,
+      type: 'connectionstatechange',
+      decide: () => (failed() ? new Error(`peer connection ${pc.connectionState}`) : undefined),
+    },
+  ]);
 }
 
 function iceGatheringComplete(pc, signal) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const cleanup = () => {
-      clearTimeout(timer);
-      pc.removeEventListener('icegatheringstatechange', onChange);
-      signal.removeEventListener('abort', onAbort);
-    };
-    const onChange = () => {
-      if (pc.iceGatheringState === 'complete') {
-        cleanup();
-        resolve();
-      }
-    };
-    const onAbort = () => {
-      cleanup();
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      cleanup();
-      resolve();
-    }, ICE_GATHERING_LIMIT_MS);
-    pc.addEventListener('icegatheringstatechange', onChange);
-    signal.addEventListener('abort', onAbort);
-  });
+  const complete = () => (pc.iceGatheringState === 'complete' ? true : undefined);
+  return until(signal, [{ target: pc, type: 'icegatheringstatechange', decide: complete }], ICE_GATHERING_LIMIT_MS);
 }

@@ -7,6 +7,7 @@
 
 import { throwIfAborted } from './api.js';
 import { PcmPlayer, SAMPLE_RATE, base64ToFloat32, int16ToBase64 } from './audio.js';
+import { until } from './until.js';
 
 const CHUNK_MS = 20;
 // If the socket backs up past ~1 s of audio the network cannot keep up; sending more
@@ -49,9 +50,9 @@ export class WsTransport {
 
     const url = new URL('ws', document.baseURI);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    url.searchParams.set('token', this.session.token);
     url.searchParams.set('persona', this.persona);
-    const socket = new WebSocket(url);
+    // The token goes in a subprotocol, never in the URL (URLs end up in logs and history).
+    const socket = new WebSocket(url, ['parley.v1', `parley.token.${this.session.token}`]);
     this.socket = socket;
     socket.onmessage = (event) => this.receive(event.data);
     await waitForOpen(socket, signal);
@@ -159,26 +160,8 @@ export class WsTransport {
 }
 
 function waitForOpen(socket, signal) {
-  return new Promise((resolve, reject) => {
-    const cleanup = () => {
-      socket.removeEventListener('open', onOpen);
-      socket.removeEventListener('close', onClose);
-      signal.removeEventListener('abort', onAbort);
-    };
-    const onOpen = () => {
-      cleanup();
-      resolve();
-    };
-    const onClose = (event) => {
-      cleanup();
-      reject(new Error(`WebSocket refused (code ${event.code})`));
-    };
-    const onAbort = () => {
-      cleanup();
-      reject(signal.reason);
-    };
-    socket.addEventListener('open', onOpen);
-    socket.addEventListener('close', onClose);
-    signal.addEventListener('abort', onAbort);
-  });
+  return until(signal, [
+    { target: socket, type: 'open', decide: () => true },
+    { target: socket, type: 'close', decide: (event) => new Error(`WebSocket refused (code ${event.code})`) },
+  ]);
 }

@@ -1,14 +1,6 @@
-"""Stage backends. Importing this package registers every backend that can be imported here."""
+"""Stage backends: the interfaces (``base``), the registry by (stage, name), the local models,
+the OpenAI-compatible clients and the resilience guards around remote stages.
 
-import importlib
-import logging
-
-logger = logging.getLogger(__name__)
-
-for _module in ("local_stt", "local_llm", "local_tts", "openai_backends"):
-    try:
-        importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(f"{__name__}."):
-            continue  # backend module not present in this build
-        logger.warning("backend module %s unavailable: %s", _module, exc)
+Importing this package is cheap: backend modules (which import model runtimes) are loaded
+by :func:`pipeline.backends.registry.get` the first time a backend is asked for.
+"""

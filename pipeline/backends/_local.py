@@ -102,6 +102,10 @@ class ModelWorker:
         """Run a blocking call on the model thread and await its result."""
         return await asyncio.wrap_future(self._executor.submit(fn, *args))
 
+    async def close(self) -> None:
+        """Let the queued work finish, then end the thread (off the event loop)."""
+        await asyncio.to_thread(self._executor.shutdown)
+
     async def stream(self, produce: Producer[T], *, ahead: int) -> AsyncGenerator[T, None]:
         """Iterate ``produce()`` on the model thread, yielding its items on the loop.
 

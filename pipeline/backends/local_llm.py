@@ -24,8 +24,8 @@ from llama_cpp import Llama
 
 from parley.config import Settings
 from pipeline.backends._local import ModelWorker, package_dir
-from pipeline.llm import LLM, GenerationParams, Message
-from pipeline.registry import register
+from pipeline.backends.base import LLM, GenerationParams, Message
+from pipeline.backends.registry import register
 
 logger = logging.getLogger(__name__)
 

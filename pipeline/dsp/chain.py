@@ -15,6 +15,7 @@ the input frame.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class DspChain:
     """Runs the configured stages in order: AEC -> VAD -> NS -> AGC -> speech gate."""
 
     def __init__(self, settings: Settings) -> None:
-        self.echo = EchoStage(make_canceller(settings.aec))
+        self.echo = EchoStage(make_canceller(settings.aec), double_talk=bool(settings.double_talk))
         use_kernel(settings.rnnoise_kernel)  # process-wide; every chain of a node asks the same
         self.ns = RnnoiseStage()
         self.stages: list[FrameStage] = [
@@ -64,3 +65,25 @@ class DspChain:
     def far_end(self, pcm: np.ndarray, t: float) -> None:
         """What the agent track just sent (48 kHz mono int16), stamped with its send time."""
         self.echo.far_end(pcm, t)
+
+    def close(self) -> None:
+        """Nothing to release in process (the remote chain ends its stream here)."""
+
+
+class InboundChain(Protocol):
+    """What a call's agent needs of its chain, in process or remote."""
+
+    @property
+    def latency_ms(self) -> float: ...
+    def process(self, frame: np.ndarray, t: float) -> tuple[np.ndarray, FrameMeta]: ...
+    def far_end(self, pcm: np.ndarray, t: float) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_chain(settings: Settings, session_id: str = "") -> InboundChain:
+    """The call's chain: in process (default), or on ``parley dsp-serve`` when PARLEY_DSP_URL is set."""
+    if settings.dsp_url:
+        from pipeline.dsp.remote.client import RemoteDspChain  # grpc is loaded only where it is used
+
+        return RemoteDspChain(settings, session_id)
+    return DspChain(settings)

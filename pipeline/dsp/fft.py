@@ -9,7 +9,9 @@ gufuncs numpy 2 builds ``np.fft`` on directly, with the output array given.
 from __future__ import annotations
 
 import numpy as np
-from numpy.fft import _pocketfft_umath as _pocketfft
+
+# private but stable since numpy 2.0 (np.fft itself is built on it); numpy ships no stub for it
+from numpy.fft import _pocketfft_umath as _pocketfft  # type: ignore[attr-defined]
 
 
 def rfft(x: np.ndarray, out: np.ndarray) -> np.ndarray:

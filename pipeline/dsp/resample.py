@@ -6,6 +6,9 @@ frames. The chain wants 48 kHz mono int16 in exactly 480-sample frames; the way 
 e.g. 8 kHz mono 20 ms frames. One :class:`FrameResampler` per direction and per peer keeps
 libswresample's filter state across calls (a fresh resampler per frame would click at
 every frame edge) and its frame-size FIFO re-chunks the output, so no numpy buffering.
+With ``frame_samples=None`` the output comes in whatever sizes the filter gives (TTS and
+network audio streams, one-shot conversions). This is the project's one wrapper around
+PyAV's resampler.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ class FrameResampler:
 
     Output arrays are int16: shape ``(frame_samples,)`` for mono, interleaved
     ``(2 * frame_samples,)`` for stereo. The converter buffers the remainder internally, so
-    one input frame can yield zero, one or several output frames.
+    one input frame can yield zero, one or several output frames (any size when
+    ``frame_samples`` is None).
     """
 
     def __init__(
-        self, *, rate: int = RATE, layout: str = "mono", frame_samples: int = FRAME_10MS
+        self, *, rate: int = RATE, layout: str = "mono", frame_samples: int | None = FRAME_10MS
     ) -> None:
         if layout not in _LAYOUT_CHANNELS:
             raise ValueError(f"layout must be one of {sorted(_LAYOUT_CHANNELS)}, got {layout!r}")
@@ -61,6 +65,8 @@ class FrameResampler:
     def flush(self) -> list[np.ndarray]:
         """Drain the filter at the end of a stream; a short last frame is zero-padded."""
         tail = [self._to_array(out) for out in self._resampler.resample(None)]
+        if self.frame_samples is None:
+            return tail
         channels = _LAYOUT_CHANNELS[self.layout]
         full = self.frame_samples * channels
         return [np.pad(x, (0, full - len(x))) if len(x) < full else x for x in tail]
@@ -68,3 +74,8 @@ class FrameResampler:
     @staticmethod
     def _to_array(frame: av.AudioFrame) -> np.ndarray:
         return frame.to_ndarray().reshape(-1)
+
+
+def join(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenated int16 output of a converter (empty when it gave nothing yet)."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)

@@ -17,36 +17,45 @@ A pure state machine fed one 10 ms frame (with its :class:`FrameMeta`) at a time
 While the far end carries the agent's voice (``meta.echo_active``), residual echo can look
 like speech, so onset and confirmation both need ``echo_evidence`` times more frames; while
 the echo canceller has not converged yet (``meta.echo_uncertain``, the start of a call)
-nothing counts as evidence at all -- otherwise the agent would interrupt itself.
+only frames the double-talk detector vouches for (``meta.double_talk``: the user audible
+above any echo the agent's voice could cause) count -- otherwise the agent would interrupt
+itself, and before that detector the user's first words were simply lost.
 
-The end-of-turn wait follows the transcript when the STT gives one
-(:meth:`TurnDetector.hint_transcript`): a finished sentence ("... in Paris?") ends the turn
-after ``sentence_end_ms``; a trailing "and", "so", "um", "but", "because" means the user is
-still thinking, so the wait grows to ``trailing_word_ms``; otherwise ``eot_silence_ms``. A
-hint only counts while it still covers the audio: after ``stale_ms`` of new speech it
-describes an old prefix and is ignored.
+How much silence ends the turn is decided by :mod:`pipeline.dsp.endpoint` from the cues
+known at that frame. When a pause begins (``pause_ms`` of silence), and again at
+``endpoint.reprobe_ms`` when set (the model judges ends better after ~0.5 s of silence:
+on the real and Piper sets, true ends judged "complete" 46 % at 0.15 s, 67 % at 0.5 s --
+but long mid-utterance pauses too, docs/turns.md), the detector emits PAUSE with the
+utterance so far: the agent runs the end-of-turn model on it and feeds the results back
+(:meth:`TurnDetector.hint_probability`, :meth:`TurnDetector.hint_transcript`). A cue
+only counts while it still describes the audio: the model's verdict is dropped at the
+next voiced frame, a transcript after ``stale_ms`` of new speech.
+
+The utterance starts ``preroll_ms`` before the onset -- and, while the agent's voice is in
+the mic, before the run of speech-like frames that led to it (up to ``lookback_ms``):
+over the agent's echo, onset evidence can come a second after the user's first word,
+and that word must still reach the transcript.
 """
 
 from __future__ import annotations
 
 import enum
-import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.dsp.base import FRAME_MS, FrameMeta
+from pipeline.dsp.endpoint import EndpointConfig, silence_needed_ms
 
 ECHO_ONSET_PROBABILITY = 0.6
-TRAILING_WORDS = frozenset({"and", "so", "um", "uh", "erm", "but", "because", "or"})
-_SENTENCE_END = re.compile(r"[.?!]['\")\]]*\s*$")
-_LAST_WORD = re.compile(r"([a-z']+)\W*$")
 
 
 class TurnEventKind(enum.Enum):
     SPEECH_START = "speech-start"
     SPEECH_CONFIRMED = "speech-confirmed"
     SPEECH_CANCELLED = "speech-cancelled"
+    PAUSE = "pause"  # silence began inside an utterance: time to ask the end-of-turn cues
     END_OF_TURN = "end-of-turn"
 
 
@@ -54,7 +63,7 @@ class TurnEventKind(enum.Enum):
 class TurnEvent:
     kind: TurnEventKind
     t: float  # monotonic time of the frame that decided it
-    audio: np.ndarray | None = None  # the utterance, for END_OF_TURN
+    audio: np.ndarray | None = None  # the utterance (so far, for PAUSE)
 
 
 class _State(enum.Enum):
@@ -63,50 +72,42 @@ class _State(enum.Enum):
     SPEECH = 2
 
 
-def transcript_wait_ms(text: str, *, default: int, sentence_end: int, trailing: int) -> int:
-    """End-of-turn silence implied by an interim transcript."""
-    stripped = text.strip().lower()
-    if _SENTENCE_END.search(stripped):
-        return sentence_end
-    last = _LAST_WORD.search(stripped)
-    if last is not None and last.group(1) in TRAILING_WORDS:
-        return trailing
-    return default
-
-
 class TurnDetector:
     """Per-call turn-taking state machine (see module docstring)."""
 
     def __init__(
         self,
         *,
-        eot_silence_ms: int = 500,
+        endpoint: EndpointConfig | None = None,
         confirm_ms: int = 250,
         onset_ms: int = 30,
         cancel_ms: int = 300,
         max_onset_ms: int = 1500,
-        sentence_end_ms: int = 150,
-        trailing_word_ms: int = 1200,
+        pause_ms: int = 150,
         stale_ms: int = 300,
         echo_evidence: float = 2.0,
         onset_snr_db: float = 6.0,
         preroll_ms: int = 200,
+        lookback_ms: int = 1500,
         max_utterance_s: float = 30.0,
     ) -> None:
-        self.eot_silence_ms = eot_silence_ms
+        self.endpoint = endpoint or EndpointConfig()
         self.confirm_ms = confirm_ms
         self.onset_ms = onset_ms
         self.cancel_ms = cancel_ms
         self.max_onset_ms = max_onset_ms
-        self.sentence_end_ms = sentence_end_ms
-        self.trailing_word_ms = trailing_word_ms
+        self.pause_ms = pause_ms
         self.stale_ms = stale_ms
         self.echo_evidence = echo_evidence
         self.onset_snr_db = onset_snr_db
         self._preroll = preroll_ms // FRAME_MS
+        self._lookback = lookback_ms // FRAME_MS
         self._max_frames = int(max_utterance_s * 1000 / FRAME_MS)
         self._frames: list[np.ndarray] = []
-        self._hint_wait_ms: int | None = None
+        self._speechlike: list[bool] = []  # per frame kept in IDLE: did it sound like speech?
+        self._since_echo = self._lookback  # frames since the agent's voice was last in the mic
+        self._probability: float | None = None
+        self._transcript: str | None = None
         self._voiced_since_hint = 0
         self._refractory = False
         self._state = _State.IDLE
@@ -126,24 +127,38 @@ class TurnDetector:
         """Audio of the utterance so far (for interim transcripts)."""
         return np.concatenate(self._frames) if self._frames else np.zeros(0, np.int16)
 
+    @property
+    def silence_ms(self) -> int:
+        """Silence since the last voiced frame of the current utterance (0 outside one)."""
+        return self._silence * FRAME_MS if self._state is _State.SPEECH else 0
+
+    def hint_probability(self, probability: float) -> None:
+        """The end-of-turn model's verdict on the utterance up to the current pause."""
+        if self._state is _State.SPEECH and self._silence > 0:
+            self._probability = probability
+
     def hint_transcript(self, text: str) -> None:
         """The latest interim transcript of the current utterance (see module docstring)."""
-        self._hint_wait_ms = transcript_wait_ms(
-            text,
-            default=self.eot_silence_ms,
-            sentence_end=self.sentence_end_ms,
-            trailing=self.trailing_word_ms,
-        )
+        self._transcript = text
         self._voiced_since_hint = 0
 
     def end_of_turn_wait_ms(self) -> int:
-        """The silence that would end the turn now."""
-        if self._hint_wait_ms is None or self._voiced_since_hint * FRAME_MS > self.stale_ms:
-            return self.eot_silence_ms
-        return self._hint_wait_ms
+        """The silence that would end the turn now, from the cues that are still fresh."""
+        transcript = self._transcript if self._voiced_since_hint * FRAME_MS <= self.stale_ms else None
+        return silence_needed_ms(self.endpoint, self._probability, transcript)
+
+    def end_turn(self) -> TurnEvent | None:
+        """End the current utterance now (the caller pressed ``#``); None when idle."""
+        if self._state is _State.IDLE or not self._frames:
+            return None
+        audio = np.concatenate(self._frames)
+        self._reset()
+        return TurnEvent(TurnEventKind.END_OF_TURN, time.monotonic(), audio)
 
     def push(self, frame: np.ndarray, meta: FrameMeta) -> TurnEvent | None:
         self._frames.append(frame)
+        self._speechlike.append(meta.is_speech or meta.maybe_speech)
+        self._since_echo = 0 if meta.echo_active else self._since_echo + 1
         if self._state is _State.IDLE:
             return self._idle(meta)
         if self._state is _State.ONSET:
@@ -151,16 +166,30 @@ class TurnDetector:
         return self._speaking(meta)
 
     def _needed(self, ms: int, meta: FrameMeta) -> float:
-        """Frames of evidence for ``ms``, more while the agent's echo may be in the mic."""
-        return ms / FRAME_MS * (self.echo_evidence if meta.echo_active else 1.0)
+        """Frames of evidence for ``ms``, more while the agent's echo may be in the mic --
+        unless the double-talk detector hears the user above any echo there could be."""
+        doubt = meta.echo_active and not meta.double_talk
+        return ms / FRAME_MS * (self.echo_evidence if doubt else 1.0)
+
+    @staticmethod
+    def _user_voiced(meta: FrameMeta) -> bool:
+        """Speech that is not the agent's own echo: ``is_speech`` once the canceller has
+        converged; over the echo, whatever the double-talk detector vouches for (the noise
+        suppressor, fed the echo too, is unsure of the user's voice then)."""
+        if meta.double_talk:
+            return meta.is_speech or meta.maybe_speech
+        return meta.is_speech and not meta.echo_uncertain
 
     def _evidence(self, meta: FrameMeta) -> bool:
         """Is this frame a possible speech onset?"""
         if meta.echo_uncertain:
-            return False
+            return meta.double_talk and meta.maybe_speech
         if meta.echo_active:
             # residual echo often passes one detector, or rides the speech gate's hangover:
-            # while the agent may be audible, onset needs both opinions on this very frame
+            # while the agent may be audible, onset needs both opinions on this very frame,
+            # or the double-talk detector's word that the user is above any echo
+            if meta.double_talk:
+                return meta.maybe_speech
             return meta.maybe_speech and meta.speech_probability >= ECHO_ONSET_PROBABILITY
         if meta.is_speech:
             return True
@@ -178,13 +207,31 @@ class TurnDetector:
         if self._run >= self._needed(self.onset_ms, meta):
             self._state = _State.ONSET
             self._quiet = self._onset_frames = 0
+            start = self._utterance_start()
+            del self._frames[:start], self._speechlike[:start]
             return TurnEvent(TurnEventKind.SPEECH_START, meta.t)
-        del self._frames[: max(0, len(self._frames) - self._preroll)]
+        # the lookback stays while the frames it holds may hold an onset the echo masked
+        keep = self._lookback if self._since_echo < self._lookback else self._preroll + self._run
+        drop = max(0, len(self._frames) - keep)
+        del self._frames[:drop], self._speechlike[:drop]
         return None
+
+    def _utterance_start(self) -> int:
+        """Index of the utterance's first frame among those kept: ``preroll_ms`` before the
+        run of speech-like frames (gaps under 100 ms bridged) that ends at the onset."""
+        start, gap = len(self._speechlike), 0
+        for i in range(len(self._speechlike) - 1, -1, -1):
+            if self._speechlike[i]:
+                start, gap = i, 0
+            else:
+                gap += 1
+                if gap * FRAME_MS >= 100:
+                    break
+        return max(0, start - self._preroll)
 
     def _onset(self, meta: FrameMeta) -> TurnEvent | None:
         self._onset_frames += 1
-        self._voiced += meta.is_speech and not meta.echo_uncertain
+        self._voiced += self._user_voiced(meta)
         self._quiet = 0 if self._evidence(meta) else self._quiet + 1
         if self._voiced >= self._needed(self.confirm_ms, meta):
             self._state = _State.SPEECH
@@ -192,28 +239,34 @@ class TurnDetector:
             return TurnEvent(TurnEventKind.SPEECH_CONFIRMED, meta.t)
         timed_out = self._onset_frames * FRAME_MS >= self.max_onset_ms
         if self._quiet * FRAME_MS >= self.cancel_ms or timed_out:
-            self._reset()
+            self._reset(keep_audio=True)  # an onset confirmed soon after may have begun here
             self._refractory = timed_out  # endless noise: no new onset until it pauses
             return TurnEvent(TurnEventKind.SPEECH_CANCELLED, meta.t)
         return None
 
     def _speaking(self, meta: FrameMeta) -> TurnEvent | None:
-        if meta.is_speech and not meta.echo_uncertain:
+        if self._user_voiced(meta):
             self._silence = 0
             self._voiced_since_hint += 1
+            self._probability = None  # it judged an ending that turned out not to be one
         else:
             self._silence += 1
         ended = self._silence * FRAME_MS >= self.end_of_turn_wait_ms()
         if not ended and len(self._frames) < self._max_frames:
+            if self._silence * FRAME_MS in (self.pause_ms, self.endpoint.reprobe_ms or self.pause_ms):
+                return TurnEvent(TurnEventKind.PAUSE, meta.t, self.utterance())
             return None
         keep = len(self._frames) - max(0, self._silence - 10)  # keep 100 ms of the silence
         audio = np.concatenate(self._frames[:keep])
         self._reset()
         return TurnEvent(TurnEventKind.END_OF_TURN, meta.t, audio)
 
-    def _reset(self) -> None:
-        self._frames.clear()
+    def _reset(self, *, keep_audio: bool = False) -> None:
+        if not keep_audio:
+            self._frames.clear()
+            self._speechlike.clear()
         self._state = _State.IDLE
         self._run = self._voiced = self._quiet = self._silence = self._onset_frames = 0
-        self._hint_wait_ms = None
+        self._probability = None
+        self._transcript = None
         self._voiced_since_hint = 0

@@ -18,7 +18,7 @@ webrtcvad takes 10 ms frames at 48 kHz natively.
 from __future__ import annotations
 
 import numpy as np
-import webrtcvad  # type: ignore[import-untyped]
+import webrtcvad
 
 from pipeline.audio import RATE
 from pipeline.dsp.base import FRAME_MS, INT16_SCALE, FrameMeta

@@ -1,6 +1,6 @@
 """Long-term memory: what a persona remembers about a user across calls.
 
-Rows live in Postgres (:class:`signaling.store.MemoryRows`), vectors in Milvus
+Rows live in Postgres (:class:`storage.MemoryRows`), vectors in Milvus
 (:class:`~pipeline.memory.vectors.VectorStore`) under the row's id. The policy:
 
 - **store**: explicit saves (API, "remember that …") and statements the capture rules find
@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from parley.config import Settings
-from pipeline import registry
-from pipeline.memory.capture import extract_statements, normalize, redact
-from pipeline.memory.embedder import Embedder
+from pipeline.backends import registry
+from pipeline.backends.base import Embedder
+from pipeline.memory.capture import extract_statements, normalize
 from pipeline.memory.vectors import VectorItem, VectorStore
 from pipeline.window import CountTokens, approx_tokens
-from signaling.store import NewMemory, Store, canonical_id
+from storage import NewMemory, Store, canonical_id, retention
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class MemoryService:
             await self._vectors.delete([row.id])
             raise
         logger.info("memory %s stored for user %s role %s (%s)", row.id, user_id, role_id, kind)
-        logger.debug("memory %s text: %s", row.id, redact(text))
+        logger.debug("memory %s: %d characters (memory text is never logged)", row.id, len(text))
         return row.id
 
     async def _merge(
@@ -144,7 +144,7 @@ class MemoryService:
             return None
         await self._vectors.upsert([VectorItem(memory_id, user_id, role_id, vector)])
         logger.info("memory %s merged a near-duplicate for user %s", memory_id, user_id)
-        logger.debug("memory %s text now: %s", memory_id, redact(text))
+        logger.debug("memory %s merged: now %d characters", memory_id, len(text))
         return memory_id
 
     async def capture(
@@ -227,6 +227,23 @@ class MemoryService:
         count = await self._store.memories.delete_for_user(user_id)
         logger.info("forgot %d memories of user %s", count, user_id)
         return count
+
+    async def expire(self, before: datetime) -> int:
+        """Delete memories unused since ``before`` (retention): vectors first, then rows."""
+        expired = await retention.expired_memories(self._store.pool, before)
+        if not expired:
+            return 0
+        await self._vectors.delete([vector for _, vector in expired if vector])
+        return await retention.delete_memories(self._store.pool, [memory for memory, _ in expired])
+
+    async def forget(self, user_id: str, memory_id: str) -> bool:
+        """Delete one memory of ``user_id``: its vector, then its row. False if it is not theirs."""
+        embedding = await self._store.memories.embedding_of(user_id, memory_id)
+        if embedding is None:
+            return False
+        if embedding:
+            await self._vectors.delete([embedding])
+        return await self._store.memories.delete_one(user_id, memory_id)
 
     async def close(self) -> None:
         await self._vectors.close()

@@ -16,16 +16,21 @@ Facts about Milvus Lite 3 (measured, see docs/storage.md) that shape this module
   filter — one user's 25 memories out of 10 000 came back as 2 hits for k=5 — so Lite gets
   an exact FLAT index, which only scans the rows that pass the filter.
 pymilvus calls block, so every call goes through one single-worker executor.
+
+Milvus may stop (a server restarted, Lite's in-process server released): a failed call
+drops the client, is counted and logged once per outage (:mod:`parley.deps`, "milvus")
+and raises :class:`VectorStoreUnavailable`; for ``RECONNECT_EVERY_S`` after that, calls
+fail at once without touching pymilvus (whose own logs would print a traceback per call),
+then the next call reconnects, and the store works again by itself once Milvus is back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +38,20 @@ from typing import Any, TypeVar
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from parley import deps
 from parley.config import Settings
+from pipeline.backends._local import ModelWorker
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 COLLECTION = "parley_memories"
+RECONNECT_EVERY_S = 1.0  # while Milvus is down, at most one connection attempt this often
+#: pymilvus logs every failed RPC at ERROR with a traceback; the store reports failures itself
+_PYMILVUS_LOGGERS = ("pymilvus.decorators", "pymilvus.client.connection_manager",
+                     "milvus_lite.adapter.grpc.servicer")  # Milvus Lite's in-process server, per failed RPC
+#: how Milvus says its disk is full: the disk is down, not Milvus (reads still work)
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
 _ID_MAX = 64
 # Ids are interpolated into Milvus filter expressions, so only plain characters get through.
 _SAFE_ID = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{_ID_MAX}}}$")
@@ -52,6 +65,10 @@ def _check_id(value: str) -> str:
 
 class LiteBusyError(RuntimeError):
     """The Milvus Lite file could not be opened, typically because another process has it."""
+
+
+class VectorStoreUnavailable(ConnectionError):
+    """Milvus did not answer (or is known to be down); the caller goes on without memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +91,22 @@ class VectorStore:
     def __init__(
         self,
         client: MilvusClient,
-        executor: ThreadPoolExecutor,
+        worker: ModelWorker,
         *,
         collection: str,
         lite_path: Path | None,
         flush_every: int,
+        reconnect: Callable[[], MilvusClient] | None = None,
     ) -> None:
-        self._client = client
-        self._executor = executor
+        self._client: MilvusClient | None = client
+        self._worker = worker
         self._collection = collection
         self._lite_path = lite_path
         self._flush_every = flush_every
+        self._reconnect = reconnect  # blocking; builds a fresh client (None: cannot)
         self._unflushed = 0
         self._closed = False
+        self._failed_at: float | None = None  # monotonic time of the last failure, while down
 
     @classmethod
     async def open(
@@ -100,15 +120,16 @@ class VectorStore:
         """Connect, create the collection if missing, and load it for search."""
         lite_path = None if settings.milvus_uri else settings.data_path / "memory.db"
         uri = settings.milvus_uri or str(lite_path)
-        index = "AUTOINDEX" if settings.milvus_uri else "FLAT"
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
-        loop = asyncio.get_running_loop()
+        index = settings.milvus_index.upper()
+        if index == "AUTO":
+            index = "AUTOINDEX" if settings.milvus_uri else "FLAT"
+        worker = ModelWorker("milvus")  # Milvus Lite's client is not thread-safe: one thread
         try:
             if lite_path is not None:
                 lite_path.parent.mkdir(parents=True, exist_ok=True)
-            client = await loop.run_in_executor(executor, _connect, uri, collection, dim, index)
+            client = await worker.run(_connect, uri, collection, dim, index)
         except BaseException as exc:
-            executor.shutdown(wait=False)
+            await worker.close()
             if lite_path is not None and isinstance(exc, MilvusException):
                 raise LiteBusyError(
                     f"cannot open Milvus Lite at {lite_path}: only one process may use it; "
@@ -117,12 +138,51 @@ class VectorStore:
             raise
         logger.info("vector store ready: %s collection=%s", "lite" if lite_path else "server",
                     collection)
-        return cls(client, executor, collection=collection, lite_path=lite_path,
-                   flush_every=flush_every)
+        for name in _PYMILVUS_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        return cls(client, worker, collection=collection, lite_path=lite_path,
+                   flush_every=flush_every, reconnect=lambda: _connect(uri, collection, dim, index))
+
+    @property
+    def available(self) -> bool:
+        """False while Milvus is known to be down (since the last failed call)."""
+        return self._failed_at is None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        """``fn(client, *args, **kwargs)`` on the worker thread, with outage handling."""
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RECONNECT_EVERY_S:
+            error = VectorStoreUnavailable("milvus is down; retrying shortly")
+            deps.failed("milvus", error, "long-term memory is skipped")
+            raise error
+        try:
+            result = await self._worker.run(self._with_client, fn, args, kwargs)
+        except MilvusException as exc:
+            if any(words in str(exc) for words in _DISK_FULL):
+                deps.failed("disk", exc, f"memories are not stored (first: Milvus at {self._lite_path or 'server'})")
+                raise VectorStoreUnavailable(str(exc)[:200]) from exc
+            self._failed_at = time.monotonic()
+            await self._worker.run(self._drop_client)
+            deps.failed("milvus", exc, "long-term memory is skipped")
+            raise VectorStoreUnavailable(str(exc)[:200]) from exc
+        if self._failed_at is not None:
+            self._failed_at = None
+            deps.ok("milvus")
+        return result
+
+    def _with_client(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        """Worker thread: reconnect if the last client was dropped, then make the call."""
+        if self._client is None:
+            if self._reconnect is None:
+                raise MilvusException(message="no client and no way to reconnect")
+            self._client = self._reconnect()
+        return fn(self._client, *args, **kwargs)
+
+    def _drop_client(self) -> None:
+        """Worker thread: let go of a client whose server stopped answering."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     async def upsert(self, items: Sequence[VectorItem]) -> None:
         """Insert or replace vectors by id."""
@@ -137,7 +197,8 @@ class VectorStore:
             }
             for item in items
         ]
-        await self._call(self._client.upsert, self._collection, rows)
+        await self._call(MilvusClient.upsert, self._collection, rows)
+        deps.ok("disk")  # a write landed: a full disk (if it was) has room again
         await self._wrote(len(rows))
 
     async def search(
@@ -146,7 +207,7 @@ class VectorStore:
         """The ``k`` nearest memories of this user with this persona, best first."""
         expr = f'user_id == "{_check_id(user_id)}" and role_id == "{_check_id(role_id)}"'
         result = await self._call(
-            self._client.search,
+            MilvusClient.search,
             self._collection,
             data=[np.asarray(vector, dtype=np.float32).tolist()],
             filter=expr,
@@ -158,13 +219,13 @@ class VectorStore:
     async def delete(self, ids: Sequence[str]) -> None:
         """Remove vectors by id (unknown ids are ignored)."""
         if ids:
-            await self._call(self._client.delete, self._collection, ids=list(ids))
+            await self._call(MilvusClient.delete, self._collection, ids=list(ids))
             await self._wrote(len(ids))
 
     async def delete_user(self, user_id: str) -> None:
         """Remove every vector of ``user_id``, whatever the persona."""
         expr = f'user_id == "{_check_id(user_id)}"'
-        await self._call(self._client.delete, self._collection, filter=expr)
+        await self._call(MilvusClient.delete, self._collection, filter=expr)
         await self._wrote(1)
 
     async def _wrote(self, count: int) -> None:
@@ -177,7 +238,7 @@ class VectorStore:
 
     async def flush(self) -> None:
         """Persist and index pending writes now (bulk loaders call this at the end)."""
-        await self._call(self._client.flush, self._collection)
+        await self._call(MilvusClient.flush, self._collection)
         self._unflushed = 0
 
     async def close(self) -> None:
@@ -186,13 +247,14 @@ class VectorStore:
             return
         self._closed = True
         try:
-            if self._unflushed:
-                await self.flush()
-            await self._call(self._client.close)
+            if self._unflushed and self.available:
+                with contextlib.suppress(VectorStoreUnavailable):
+                    await self.flush()
+            await self._worker.run(self._drop_client)
             if self._lite_path is not None:
-                await self._call(_release_lite, self._lite_path)
+                await self._worker.run(_release_lite, self._lite_path)
         finally:
-            await asyncio.to_thread(self._executor.shutdown)
+            await self._worker.close()
 
 
 def _connect(uri: str, collection: str, dim: int, index: str) -> MilvusClient:

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.dsp import simulate as sim
+from bench import signals as sim
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Echo cancellation on a simulated call: both cancellers, the same signals.
 
-The call (see ``simulate.echo_scenario``): the agent (Piper) talks through a saturating
+The call (see ``bench.signals.echo_scenario``): the agent (Piper) talks through a saturating
 loudspeaker into a small room, its echo comes back 40-300 ms later under -70 dBFS of pink
 noise; after 6 s the user (espeak-ng) talks over it for 3 s, the agent carries on alone,
 then the user talks alone. Every run goes through :class:`EchoStage` exactly as the media
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from bench import signals as sim
 from pipeline.audio import FRAME_10MS, RATE
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.aec import EchoStage, make_canceller
 from pipeline.dsp.base import FrameMeta
 

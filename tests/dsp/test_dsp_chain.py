@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import signals as sim
 from parley.config import Settings
 from pipeline.audio import FRAME_10MS
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.turn import TurnDetector, TurnEventKind
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import signals as sim
 from pipeline.audio import FRAME_10MS, FRAME_20MS, RATE
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.delay import DelayEstimator
 from pipeline.dsp.farend import RING_SAMPLES, FarEndBuffer, NearClock
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import signals as sim
 from pipeline.audio import FRAME_10MS, RATE
 from pipeline.dsp import ns
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.agc import AgcStage
 from pipeline.dsp.base import FrameMeta
 from pipeline.dsp.ns import RnnoiseStage

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import signals as sim
 from parley.config import Settings
 from pipeline.audio import FRAME_10MS, RATE
-from pipeline.dsp import simulate as sim
 from pipeline.dsp.base import FrameMeta
 from pipeline.dsp.chain import DspChain
-from pipeline.dsp.turn import TurnDetector, TurnEvent, TurnEventKind, transcript_wait_ms
+from pipeline.dsp.endpoint import EndpointConfig, silence_needed_ms, transcript_cue
+from pipeline.dsp.turn import TurnDetector, TurnEvent, TurnEventKind
 
 K = TurnEventKind
 TOLERANCE_FRAMES = 15  # label edges are fuzzy: precision allows VAD frames within 150 ms
@@ -63,14 +64,18 @@ def test_vad_stays_quiet_on_noise_and_clicks(rng) -> None:
     assert metas[-1].noise_level_db == pytest.approx(-40.0, abs=5.0)
 
 
-def run_turns(signal: np.ndarray, detector: TurnDetector, hints: dict[int, str] | None = None):
-    """Events with the input frame index at which each fired."""
+def run_turns(signal: np.ndarray, detector: TurnDetector, hints: dict[int, str | float] | None = None):
+    """Events with the input frame index at which each fired; ``hints`` are transcripts
+    (str) or end-of-turn model verdicts (float) given to the detector at that frame."""
     chain = DspChain(Settings(aec="numpy"))
     pcm = sim.to_pcm(signal)
     events: list[tuple[int, TurnEvent]] = []
     for n, i in enumerate(range(0, len(pcm), FRAME_10MS)):
-        if hints and n in hints:
-            detector.hint_transcript(hints[n])
+        hint = (hints or {}).get(n)
+        if isinstance(hint, str):
+            detector.hint_transcript(hint)
+        elif hint is not None:
+            detector.hint_probability(hint)
         frame, meta = chain.process(pcm[i : i + FRAME_10MS], n * 0.01)
         event = detector.push(frame, meta)
         if event is not None:
@@ -99,7 +104,7 @@ def test_a_sentence_starts_confirms_and_ends(user_speech, rng) -> None:
     clip = sim.set_level(user_speech[0], -26.0)
     signal = with_room(sim.place(len(clip) + 2 * RATE, [(0.5, clip)]), rng)
     events = run_turns(signal, TurnDetector())
-    assert [e.kind for _, e in events] == [K.SPEECH_START, K.SPEECH_CONFIRMED, K.END_OF_TURN]
+    assert [e.kind for _, e in events] == [K.SPEECH_START, K.SPEECH_CONFIRMED, K.PAUSE, K.END_OF_TURN]
     audio = events[-1][1].audio
     labels = np.nonzero(sim.speech_labels(clip))[0]
     spoken = (labels[-1] + 1 - labels[0]) * FRAME_10MS
@@ -107,24 +112,51 @@ def test_a_sentence_starts_confirms_and_ends(user_speech, rng) -> None:
     assert spoken <= len(audio) <= spoken + int(0.6 * RATE)  # preroll + kept silence
 
 
+def test_a_reprobe_asks_again_and_its_verdict_replaces_the_first(user_speech, rng) -> None:
+    """With ``reprobe_ms`` the pause is judged a second time; a "complete" there shortens
+    the wait that the first verdict ("incomplete") had lengthened."""
+    clip = sim.set_level(user_speech[0], -26.0)
+    signal = with_room(sim.place(len(clip) + 2 * RATE, [(0.5, clip)]), rng)
+    cfg = EndpointConfig(likely_ms=700, default_ms=1300, reprobe_ms=450)
+    first, second = [n for n, e in run_turns(signal, TurnDetector(endpoint=cfg)) if e.kind is K.PAUSE]
+    assert second - first == 30  # judged at 150 ms and again at 450 ms of silence
+    events = run_turns(signal, TurnDetector(endpoint=cfg), {first + 1: 0.1, second + 1: 0.9})
+    end = next(n for n, e in events if e.kind is K.END_OF_TURN)
+    assert end - first == 55  # 700 ms of silence in all, not 1300
+
+
 def speech_end_frame(signal: np.ndarray) -> int:
     return int(np.nonzero(sim.speech_labels(signal))[0][-1]) + 1
 
 
 @pytest.mark.parametrize(
-    ("hint", "low_ms", "high_ms"),
+    ("transcript", "probability", "low_ms", "high_ms"),
     [
-        ("Could you tell me what the weather will be like tomorrow in Paris?", 0, 300),
-        (None, 450, 750),
-        ("Could you tell me what the weather will be like tomorrow and", 1100, 1500),
+        # model and transcript agree the question is finished: the shortest wait
+        ("Could you tell me what the weather will be like tomorrow in Paris?", 0.95, 400, 650),
+        # the model says finished, the transcript is not there yet
+        (None, 0.9, 650, 900),
+        # no cue at all
+        (None, None, 1250, 1500),
+        # the model is sure, but the words stop mid-phrase: the longest wait wins
+        ("Could you tell me what the weather will be like tomorrow and", 0.97, 1750, 2050),
+        ("It was the best of times,", 0.97, 1750, 2050),
+        # a full stop the model does not believe: Whisper puts one after every phrase
+        ("Could you tell me what the weather will be like tomorrow.", 0.05, 1250, 1500),
     ],
 )
-def test_end_of_turn_wait_follows_the_transcript(user_speech, rng, hint, low_ms, high_ms) -> None:
-    """The interim transcript arrives 100 ms after the last word (an STT keeping up)."""
+def test_end_of_turn_wait_combines_model_and_transcript(user_speech, rng, transcript, probability,
+                                                        low_ms, high_ms) -> None:
+    """Cues arrive as in a call: the model's verdict 200 ms and the transcript 300 ms after
+    the last word."""
     clip = sim.set_level(user_speech[0], -26.0)
     signal = with_room(sim.place(len(clip) + 3 * RATE, [(0.5, clip)]), rng)
     end = speech_end_frame(sim.place(len(signal), [(0.5, clip)]))
-    hints = {end + 10: hint} if hint else None
+    hints: dict[int, str | float] = {}
+    if probability is not None:
+        hints[end + 20] = probability
+    if transcript is not None:
+        hints[end + 30] = transcript
     events = run_turns(signal, TurnDetector(), hints)
     eot = [n for n, e in events if e.kind is K.END_OF_TURN]
     assert len(eot) == 1
@@ -132,16 +164,32 @@ def test_end_of_turn_wait_follows_the_transcript(user_speech, rng, hint, low_ms,
     assert low_ms <= added_ms <= high_ms, added_ms
 
 
-def test_transcript_rules() -> None:
-    wait = {"default": 500, "sentence_end": 150, "trailing": 1200}
-    assert transcript_wait_ms("What time is it?", **wait) == 150
-    assert transcript_wait_ms("I'd like the pasta.", **wait) == 150
-    assert transcript_wait_ms("I'd like the pasta and", **wait) == 1200
-    assert transcript_wait_ms("so, um", **wait) == 1200
-    assert transcript_wait_ms("because", **wait) == 1200
-    assert transcript_wait_ms("I'd like the pasta", **wait) == 500
-    assert transcript_wait_ms("Sandy", **wait) == 500  # "and" inside a word does not count
-    assert transcript_wait_ms("", **wait) == 500
+def test_transcript_cues() -> None:
+    assert transcript_cue("What time is it?") == "closed"
+    assert transcript_cue("Thank you.") == "closed"  # a pronoun can end a sentence
+    assert transcript_cue("I'd like the pasta.") == "closed"
+    assert transcript_cue("It was the best of times,") == "open"  # a comma is not an end
+    assert transcript_cue("I'd like the pasta and") == "open"
+    assert transcript_cue("I'd like the pasta and.") == "open"  # Whisper's habitual full stop
+    assert transcript_cue("so, um") == "open"
+    assert transcript_cue("because...") == "open"
+    assert transcript_cue("I'd like the pasta") is None
+    assert transcript_cue("Sandy") is None  # "and" inside a word does not count
+    assert transcript_cue("") is None
+
+
+def test_silence_needed_by_cue() -> None:
+    cfg = EndpointConfig(complete_ms=450, likely_ms=700, default_ms=1300, incomplete_ms=1800)
+    assert silence_needed_ms(cfg, 0.98, "What time is it?") == 450
+    assert silence_needed_ms(cfg, 0.98, "It was the best of times,") == 1800
+    assert silence_needed_ms(cfg, 0.98, None) == 700  # the model alone is trusted less
+    assert silence_needed_ms(cfg, 0.98, "I'd like the pasta") == 700
+    assert silence_needed_ms(cfg, None, "What time is it?") == 1300
+    assert silence_needed_ms(cfg, 0.01, "I'd like the pasta") == 1300
+    assert silence_needed_ms(cfg, 0.01, "I'd like the pasta.") == 1300
+    silence = EndpointConfig(mode="silence", silence_ms=800, incomplete_ms=1800)
+    assert silence_needed_ms(silence, 0.99, "What time is it?") == 800
+    assert silence_needed_ms(silence, None, "so, um") == 1800
 
 
 def frames(detector: TurnDetector, pattern: str, *, echo: bool = False) -> list[TurnEventKind]:
@@ -166,13 +214,21 @@ def test_agent_echo_demands_more_evidence_for_onset_and_barge_in() -> None:
     assert K.SPEECH_CONFIRMED not in frames(TurnDetector(), speech, echo=True)
 
 
-def test_a_stale_hint_no_longer_shortens_the_wait() -> None:
-    detector = TurnDetector()
-    frames(detector, "s" * 40)
+def test_stale_cues_no_longer_shorten_the_wait() -> None:
+    detector = TurnDetector(endpoint=EndpointConfig(complete_ms=450, default_ms=900, likely_ms=700))
+    assert frames(detector, "s" * 40 + "." * 16)[-1] is K.PAUSE
+    detector.hint_probability(0.97)
     detector.hint_transcript("I'd like the pasta.")
-    assert detector.end_of_turn_wait_ms() == 150
-    frames(detector, "s" * 40)  # the user went on talking: the hint covers an old prefix
-    assert detector.end_of_turn_wait_ms() == 500
+    assert detector.end_of_turn_wait_ms() == 450
+    frames(detector, "s")  # one more voiced frame: the model judged an ending that was not one
+    assert detector.end_of_turn_wait_ms() == 900
+    detector.hint_probability(0.97)  # not during speech: only a pause can be judged
+    assert detector.end_of_turn_wait_ms() == 900
+    frames(detector, "." * 3)
+    detector.hint_probability(0.97)
+    assert detector.end_of_turn_wait_ms() == 450
+    frames(detector, "s" * 40)  # the user went on talking: the transcript covers an old prefix
+    assert detector.end_of_turn_wait_ms() == 900
 
 
 def test_endless_noise_does_not_keep_the_agent_paused() -> None:

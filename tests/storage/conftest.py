@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from parley.config import Settings
-from pipeline.memory import LocalEmbedder, MemoryService, VectorStore
-from signaling.store import Store
+from pipeline.backends.local_embed import LocalEmbedder
+from pipeline.memory import MemoryService, VectorStore
+from storage import Store
 
 ROLES = [
     {"id": "socrates", "name": "Socrates", "system_prompt": "You are Socrates.", "voice": "joe"},

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from pymilvus import MilvusClient
 
 from pipeline.memory.vectors import COLLECTION
-from signaling.store import Store
+from storage import Store
 
 USER_TABLES = ("users", "sessions", "memories", "turns")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from parley.config import Settings
-from pipeline import registry
-from pipeline.memory import LocalEmbedder
-from pipeline.memory.embedder import mean_pool
+from pipeline.backends import registry
+from pipeline.backends.local_embed import LocalEmbedder, mean_pool
 
 
 async def test_vectors_are_unit_length_and_carry_meaning(embedder: LocalEmbedder):

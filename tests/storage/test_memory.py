@@ -8,8 +8,9 @@ import asyncpg
 import pytest
 
 from parley.config import Settings
-from pipeline.memory import LocalEmbedder, MemoryService, VectorStore
-from signaling.store import Store
+from pipeline.backends.local_embed import LocalEmbedder
+from pipeline.memory import MemoryService, VectorStore
+from storage import Store
 from tests.storage.conftest import ROLES
 from tests.storage.probe import milvus_ids
 

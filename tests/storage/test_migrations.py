@@ -9,11 +9,12 @@ import asyncpg
 import pytest
 
 from parley.config import Settings
-from signaling.store import MigrationError, Store
-from signaling.store.postgres import load_migrations, migrate
+from storage import MigrationError, Store
+from storage.postgres import load_migrations, migrate
 from tests.conftest import world_traversable_dir
 
-TABLES = {"users", "roles", "sessions", "memories", "turns", "schema_migrations"}
+TABLES = {"users", "roles", "sessions", "memories", "turns", "room_transcript", "session_windows",
+          "recordings", "schema_migrations"}
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:

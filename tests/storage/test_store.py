@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from signaling.store import Store
+from storage import Store
 from tests.storage.conftest import ROLES
 from tests.storage.probe import pg_rows
 

@@ -12,32 +12,23 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from parley.config import Settings
-from pipeline.llm import Message
+from pipeline.backends.base import Message
 from pipeline.memory import MemoryService
 from pipeline.window import ConversationWindow, open_window
-from signaling.errors import ApiError, error_middleware
-from signaling.store import Store
-from signaling.users_api import setup_routes
+from signaling.auth import TokenIssuer
+from signaling.errors import error_middleware
+from signaling.recordings import Recordings
+from signaling.users_api import ExportTokens, setup_routes
+from storage import Store, open_sink
 from tests.storage.probe import milvus_ids, pg_rows, redis_keys
 
 STORE = web.AppKey("store", Store)
 MEMORY = web.AppKey("memory", MemoryService)
 WINDOW = web.AppKey("window", ConversationWindow)
+RECORDINGS = web.AppKey("recordings", Recordings)
 
 
-@dataclass(frozen=True)
-class Claims:
-    user_id: str
-    session_id: str
-
-
-def bearer_auth(request: web.Request) -> Claims:
-    """Trivial auth for tests: ``Authorization: Bearer <user_id>:<session_id>``."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    user_id, _, session_id = token.partition(":")
-    if scheme != "Bearer" or not user_id:
-        raise ApiError(401, "unauthorized", "a session token is required")
-    return Claims(user_id, session_id)
+TOKENS = TokenIssuer("test-secret-" + "x" * 32, 3600)
 
 
 @dataclass
@@ -47,7 +38,13 @@ class Caller:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.user_id}:{self.session_id}"}
+        """A real session token for this user and session."""
+        return {"Authorization": f"Bearer {TOKENS.encode(TOKENS.claims(self.session_id, self.user_id, 'socrates'))}"}
+
+    @property
+    def export_headers(self) -> dict[str, str]:
+        """A real export token (what POST /api/users/{id}/export-token hands out)."""
+        return {"Authorization": f"Bearer {TOKENS.encode_export(self.user_id, self.session_id)[0]}"}
 
 
 @pytest.fixture
@@ -64,11 +61,15 @@ async def window(settings: Settings, store: Store) -> AsyncIterator[Conversation
 
 @pytest.fixture
 async def client(
-    store: Store, memory: MemoryService, window: ConversationWindow
+    store: Store, memory: MemoryService, window: ConversationWindow, settings: Settings
 ) -> AsyncIterator[TestClient]:
     app = web.Application(middlewares=[error_middleware])
     app[STORE], app[MEMORY], app[WINDOW] = store, memory, window
-    setup_routes(app, store_key=STORE, memory_key=MEMORY, window_key=WINDOW, auth=bearer_auth)
+    app[RECORDINGS] = Recordings(settings, store, open_sink(settings))
+    setup_routes(app, store_key=STORE, memory_key=MEMORY, window_key=WINDOW, recordings_key=RECORDINGS,
+                 auth=lambda r: TOKENS.from_request(r, required=True),
+                 export_tokens=ExportTokens(issue=lambda r, c: TOKENS.encode_export(c.user_id, c.session_id),
+                                            verify=TOKENS.export_from_request))
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -121,7 +122,7 @@ async def test_memory_routes_are_only_for_the_sessions_owner(client: TestClient,
 async def test_a_user_may_only_export_or_delete_themselves(client: TestClient, store: Store):
     ana, bo = await _caller(store), await _caller(store)
     assert await _error(await client.get(f"/api/users/{bo.user_id}/export",
-                                         headers=ana.headers)) == (403, "forbidden")
+                                         headers=ana.export_headers)) == (403, "forbidden")
     assert await _error(await client.delete(f"/api/users/{bo.user_id}",
                                             headers=ana.headers)) == (403, "forbidden")
     assert await store.get_user(bo.user_id) is not None
@@ -136,7 +137,7 @@ async def test_export_has_profile_sessions_memories_turns_and_window(
     await store.log_turn(ana.session_id, ana.user_id, "socrates", latency_ms={"turn": 700.0})
     await window.append(ana.session_id, Message("user", "hello Socrates"))
 
-    response = await client.get(f"/api/users/{ana.user_id}/export", headers=ana.headers)
+    response = await client.get(f"/api/users/{ana.user_id}/export", headers=ana.export_headers)
     assert response.status == 200
     data = await response.json()
     assert data["user"]["id"] == ana.user_id
@@ -144,6 +145,7 @@ async def test_export_has_profile_sessions_memories_turns_and_window(
     assert [m["text"] for m in data["memories"]] == ["My cat is called Miso."]
     assert [t["latency_ms"] for t in data["turns"]] == [{"turn": 700.0}]
     assert data["window"] == {ana.session_id: [{"role": "user", "content": "hello Socrates"}]}
+    assert data["recordings"] == []  # none without consent
 
 
 async def test_delete_leaves_nothing_behind_in_any_store(
@@ -174,6 +176,37 @@ async def test_delete_leaves_nothing_behind_in_any_store(
     assert len(await redis_keys(settings.redis_url, [bo.session_id])) == 1
     assert len(await milvus_ids(lite, bo.user_id)) == 1
 
-    for method in (client.delete, client.get):
-        path = f"/api/users/{ana.user_id}" + ("/export" if method == client.get else "")
-        assert await _error(await method(path, headers=ana.headers)) == (404, "user_not_found")
+    assert await _error(await client.delete(f"/api/users/{ana.user_id}", headers=ana.headers)) \
+        == (404, "user_not_found")
+    assert await _error(await client.get(f"/api/users/{ana.user_id}/export", headers=ana.export_headers)) \
+        == (404, "user_not_found")
+
+
+async def test_delete_one_memory_removes_its_row_and_vector_only(
+    client: TestClient, store: Store, settings: Settings
+):
+    ana, bo = await _caller(store), await _caller(store)
+    ids = {}
+    for caller, text in ((ana, "I grew up by the sea."), (ana, "My sister is called Eve."), (bo, "I like tea.")):
+        response = await client.post(f"/api/sessions/{caller.session_id}/memories", json={"text": text},
+                                     headers=caller.headers)
+        ids[text] = (await response.json())["id"]
+    sea, eve, tea = ids.values()
+    lite = settings.data_path / "memory.db"
+    assert len(await milvus_ids(lite, ana.user_id)) == 2
+
+    # not yours: 403 on someone else's user path, 404 for someone else's memory on your own
+    assert await _error(await client.delete(f"/api/users/{ana.user_id}/memories/{sea}", headers=bo.headers)) \
+        == (403, "forbidden")
+    assert await _error(await client.delete(f"/api/users/{bo.user_id}/memories/{sea}", headers=bo.headers)) \
+        == (404, "memory_not_found")
+    assert await _error(await client.delete(f"/api/users/{ana.user_id}/memories/nonsense", headers=ana.headers)) \
+        == (404, "memory_not_found")
+
+    response = await client.delete(f"/api/users/{ana.user_id}/memories/{sea}", headers=ana.headers)
+    assert response.status == 204
+    assert [m.id for m in await store.memories.for_user(ana.user_id)] == [eve]
+    assert len(await milvus_ids(lite, ana.user_id)) == 1
+    assert len(await store.memories.get([tea])) == 1 and len(await milvus_ids(lite, bo.user_id)) == 1
+    assert await _error(await client.delete(f"/api/users/{ana.user_id}/memories/{sea}", headers=ana.headers)) \
+        == (404, "memory_not_found")

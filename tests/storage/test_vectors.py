@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
 from parley.config import REPO_ROOT, Settings
+from pipeline.backends.local_embed import LocalEmbedder
 from pipeline.memory import VectorItem, VectorStore
+from signaling.embedded import shared_services
 
 DIM = 384
 
@@ -20,8 +23,32 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-async def test_a_selective_filter_still_finds_k_hits(vectors: VectorStore):
-    """A user's handful of vectors among thousands of others: all k come back, exactly."""
+@pytest.fixture(params=["lite file", "lite server"])
+async def any_vectors(request: pytest.FixtureRequest, settings: Settings,
+                      embedder: LocalEmbedder) -> AsyncIterator[VectorStore]:
+    """The vector store in-process, and on a Milvus Lite *server* as ``parley serve
+    --workers N`` starts it."""
+    if request.param == "lite file":
+        vectors = await VectorStore.open(settings, embedder.dim)
+        try:
+            yield vectors
+        finally:
+            await vectors.close()
+        return
+    with shared_services(settings) as served:
+        assert served.milvus_uri.startswith("http://") and served.milvus_index == "FLAT"
+        vectors = await VectorStore.open(served, embedder.dim)
+        try:
+            yield vectors
+        finally:
+            await vectors.close()
+
+
+async def test_a_selective_filter_still_finds_k_hits(any_vectors: VectorStore):
+    """A user's handful of vectors among thousands of others: all k come back, exactly --
+    in-process, and on the Milvus Lite server several workers share (both with the exact
+    FLAT index)."""
+    vectors = any_vectors
     rng = np.random.default_rng(3)
     crowd = unit_vectors(rng, 3000)
     others = [uuid.uuid4().hex for _ in range(100)]

@@ -13,15 +13,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from parley.config import REPO_ROOT, Settings
-from pipeline.llm import Message
+from pipeline.backends.base import Message
 from pipeline.window import (
     ConversationWindow,
+    DurableWindow,
     MemoryWindow,
     RedisWindow,
     WindowLimits,
     approx_tokens,
     open_window,
 )
+from storage import Store
 
 LIMITS = WindowLimits(max_tokens=40, max_messages=6, ttl_s=600)
 
@@ -138,7 +140,7 @@ _CHILD = textwrap.dedent(
     """
     import asyncio, json, sys
     from parley.config import Settings
-    from pipeline.llm import Message
+    from pipeline.backends.base import Message
     from pipeline.window import open_window
 
     async def main(url, session, text):
@@ -175,4 +177,47 @@ async def test_a_call_moves_between_processes_through_redis(redis_url: str):
             "I am in process one", "and I answer from process two"]
     finally:
         await window.delete(session)
+        await window.close()
+
+
+async def test_durable_window_outlives_the_process_through_postgres(store: Store) -> None:
+    """Without Redis the window is in-process, written behind to Postgres: a new window (a
+    restarted server) reads a session's messages back, barge-in truncation included, and
+    deleting them (privacy) removes the row too."""
+    user = await store.create_user()
+    session = await store.create_session(user, "socrates")
+    other = await store.create_session(user, "socrates")
+    first = open_window(Settings(redis_url=""), LIMITS, words, rows=store.windows)
+    assert isinstance(first, DurableWindow)
+    await first.append(session, Message("user", "my name is Zorblax"))
+    await first.append(session, Message("assistant", "nice to meet you Zorblax, tell me more"))
+    await first.truncate_last(session, "nice to meet you")
+    await first.append(other, Message("user", "another conversation"))
+    await first.close()  # waits for the writes behind
+
+    second = open_window(Settings(redis_url=""), LIMITS, words, rows=store.windows)
+    try:
+        assert await second.load(session) == [
+            Message("user", "my name is Zorblax"), Message("assistant", "nice to meet you")]
+        await second.append(session, Message("user", "what is my name?"))
+        assert [m.content for m in await second.load(session)][-1] == "what is my name?"
+        await second.purge([session])
+        assert await second.load(session) == []
+        assert await store.windows.load(session, LIMITS.ttl_s) == []
+        assert await second.load(other) == [Message("user", "another conversation")]
+        # a window left alone longer than its TTL has expired, in Postgres as in memory
+        assert await store.windows.load(other, max_age_s=0.0) == []
+    finally:
+        await second.close()
+
+
+async def test_durable_window_keeps_nothing_for_unknown_sessions(store: Store) -> None:
+    window = open_window(Settings(redis_url=""), LIMITS, words, rows=store.windows)
+    try:
+        ghost = uuid.uuid4().hex  # no sessions row: nothing may be stored for it
+        await window.append(ghost, Message("user", "hello"))
+        await window.flush()
+        assert await store.windows.load(ghost, LIMITS.ttl_s) == []
+        assert await window.load(ghost) == [Message("user", "hello")]  # the call goes on in memory
+    finally:
         await window.close()
