@@ -14,10 +14,13 @@ for up to ``PARLEY_DRAIN_S`` seconds, then tells the remaining clients why with 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
 import socket
+import threading
+import time
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +33,7 @@ from signaling.routing import CLUSTER
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_LIMIT_S = 8.0  # drain end -> process end (the drain: drain_s + 5.3 s at most; supervisor: + 15 s)
 EVENT_FLUSH_S = 0.3  # after the drain event, before the peers close: let it leave the DataChannel
 DRAIN_MESSAGE = "the server is restarting; your call was ended, please call again"
 
@@ -54,8 +58,31 @@ async def serve_worker(settings: Settings, reuse_port: bool) -> None:
         signals = _signals()
         await signals.get()
         await drain(app, settings.drain_s, signals)
+        _exit_by(time.monotonic() + SHUTDOWN_LIMIT_S)
     finally:
         await runner.cleanup()
+    logger.info("worker %d stopped", os.getpid())
+
+
+def _exit_by(deadline: float) -> None:
+    """Make sure the process ends soon after its drain, whatever it is still waiting for.
+
+    After the drain the calls are over and their records written; what is left is closing
+    clients (Postgres pool, Redis, Milvus) and joining threads, none of which has a time
+    limit of its own. A process that never ends keeps its port and leaves the supervisor to
+    SIGKILL it without a word; this one says where it was stuck (every thread's stack, on
+    stderr) and exits.
+    """
+
+    def watchdog() -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        logger.warning("worker %d: shutdown unfinished %.0f s after the drain; stacks follow, exiting",
+                       os.getpid(), SHUTDOWN_LIMIT_S)
+        faulthandler.dump_traceback(all_threads=True)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="shutdown watchdog", daemon=True).start()
 
 
 def _signals() -> asyncio.Queue[int]:

@@ -15,11 +15,13 @@ A pure state machine fed one 10 ms frame (with its :class:`FrameMeta`) at a time
 ``SPEECH`` --(silence for the end-of-turn wait)--> END_OF_TURN with the audio, ``IDLE``
 
 While the far end carries the agent's voice (``meta.echo_active``), residual echo can look
-like speech, so onset and confirmation both need ``echo_evidence`` times more frames; while
-the echo canceller has not converged yet (``meta.echo_uncertain``, the start of a call)
-only frames the double-talk detector vouches for (``meta.double_talk``: the user audible
-above any echo the agent's voice could cause) count -- otherwise the agent would interrupt
-itself, and before that detector the user's first words were simply lost.
+like speech, so a frame counts for onset and confirmation only ``1/echo_evidence`` (those
+need ``echo_evidence`` times more such frames, and evidence gathered over the echo is not
+worth more once the echo ends); while the echo canceller has not converged yet
+(``meta.echo_uncertain``, the start of a call) only frames the double-talk detector vouches
+for (``meta.double_talk``: the user audible above any echo the agent's voice could cause)
+count -- otherwise the agent would interrupt itself, and before that detector the user's
+first words were simply lost.
 
 How much silence ends the turn is decided by :mod:`pipeline.dsp.endpoint` from the cues
 known at that frame. When a pause begins (``pause_ms`` of silence), and again at
@@ -112,7 +114,8 @@ class TurnDetector:
         self._refractory = False
         self._state = _State.IDLE
         self._run = 0  # consecutive frames of onset evidence (IDLE)
-        self._voiced = 0  # frames of is_speech since the onset began
+        self._onset_weight = 0.0  # that run weighed by doubt (see _weight)
+        self._voiced = 0.0  # frames of is_speech since the onset began, weighed by doubt
         self._quiet = 0  # frames without onset evidence (ONSET)
         self._onset_frames = 0  # frames spent in ONSET
         self._silence = 0  # frames without speech (SPEECH)
@@ -165,11 +168,14 @@ class TurnDetector:
             return self._onset(meta)
         return self._speaking(meta)
 
-    def _needed(self, ms: int, meta: FrameMeta) -> float:
-        """Frames of evidence for ``ms``, more while the agent's echo may be in the mic --
-        unless the double-talk detector hears the user above any echo there could be."""
+    def _weight(self, meta: FrameMeta) -> float:
+        """What one frame of evidence is worth: less while the agent's echo may be in the mic
+        -- unless the double-talk detector hears the user above any echo there could be.
+        Weighing each frame as it comes (rather than asking for more frames in total) keeps
+        evidence gathered over the echo from counting in full the moment the echo ends: a
+        run of residual echo must not be confirmed by the first frame past the echo's reach."""
         doubt = meta.echo_active and not meta.double_talk
-        return ms / FRAME_MS * (self.echo_evidence if doubt else 1.0)
+        return 1.0 / self.echo_evidence if doubt else 1.0
 
     @staticmethod
     def _user_voiced(meta: FrameMeta) -> bool:
@@ -201,10 +207,11 @@ class TurnDetector:
             self._refractory = evidence
         elif evidence:
             self._run += 1
-            self._voiced += meta.is_speech
+            self._onset_weight += self._weight(meta)
+            self._voiced += meta.is_speech * self._weight(meta)
         else:
-            self._run = self._voiced = 0
-        if self._run >= self._needed(self.onset_ms, meta):
+            self._run = self._voiced = self._onset_weight = 0
+        if self._onset_weight >= self.onset_ms / FRAME_MS:
             self._state = _State.ONSET
             self._quiet = self._onset_frames = 0
             start = self._utterance_start()
@@ -231,9 +238,9 @@ class TurnDetector:
 
     def _onset(self, meta: FrameMeta) -> TurnEvent | None:
         self._onset_frames += 1
-        self._voiced += self._user_voiced(meta)
+        self._voiced += self._user_voiced(meta) * self._weight(meta)
         self._quiet = 0 if self._evidence(meta) else self._quiet + 1
-        if self._voiced >= self._needed(self.confirm_ms, meta):
+        if self._voiced >= self.confirm_ms / FRAME_MS:
             self._state = _State.SPEECH
             self._silence = 0
             return TurnEvent(TurnEventKind.SPEECH_CONFIRMED, meta.t)
@@ -266,7 +273,8 @@ class TurnDetector:
             self._frames.clear()
             self._speechlike.clear()
         self._state = _State.IDLE
-        self._run = self._voiced = self._quiet = self._silence = self._onset_frames = 0
+        self._run = self._quiet = self._silence = self._onset_frames = 0
+        self._voiced = self._onset_weight = 0.0
         self._probability = None
         self._transcript = None
         self._voiced_since_hint = 0

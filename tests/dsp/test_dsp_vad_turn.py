@@ -214,6 +214,28 @@ def test_agent_echo_demands_more_evidence_for_onset_and_barge_in() -> None:
     assert K.SPEECH_CONFIRMED not in frames(TurnDetector(), speech, echo=True)
 
 
+def test_evidence_gathered_over_the_echo_is_not_worth_more_once_it_ends() -> None:
+    """Residual echo that reads as speech for 300 ms, then the agent's voice ends: its last
+    frames, arriving after the echo's reach, must not confirm a barge-in at once (seen under
+    load, when the echo came later than the path the canceller had learnt)."""
+
+    def run(clean_speech_frames: int) -> list[TurnEventKind]:
+        detector, kinds = TurnDetector(), []
+        pattern = [True] * 30 + [False] * clean_speech_frames  # echo_active, per speech frame
+        for n, echo in enumerate(pattern + [False] * 40):
+            speech = n < len(pattern)
+            meta = FrameMeta(t=n * 0.01, maybe_speech=speech, is_speech=speech, echo_active=echo,
+                             speech_probability=0.9 if speech else 0.0,
+                             level_db=-30.0 if speech else -60.0, noise_level_db=-60.0)
+            event = detector.push(np.zeros(FRAME_10MS, np.int16), meta)
+            if event is not None:
+                kinds.append(event.kind)
+        return kinds
+
+    assert run(4) == [K.SPEECH_START, K.SPEECH_CANCELLED]  # an echo tail: the agent resumes
+    assert run(15)[:2] == [K.SPEECH_START, K.SPEECH_CONFIRMED]  # the user talks on: a barge-in
+
+
 def test_stale_cues_no_longer_shorten_the_wait() -> None:
     detector = TurnDetector(endpoint=EndpointConfig(complete_ms=450, default_ms=900, likely_ms=700))
     assert frames(detector, "s" * 40 + "." * 16)[-1] is K.PAUSE
