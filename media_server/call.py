@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from aiortc import RTCSessionDescription
-from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
 from media_server.agent_track import AgentTrack
 from media_server.client_messages import ClientMessages
 from media_server.encoded import PacketTrack, negotiated_audio_codec
 from media_server.events import DataChannelEvents, EventSink
 from media_server.recording import Recorder
-from media_server.rtc_peer import PeerWiring, new_peer
-from media_server.tuning import set_audio_jitter_prefetch
+from media_server.rtc_peer import PeerWiring, answer_offer, new_peer
 from parley import logfmt, metrics
 from parley.config import Settings
 from pipeline import events
@@ -53,10 +50,6 @@ class CallSession:
     session_id: str
     user_id: str
     persona_id: str
-
-
-class BadOffer(ValueError):
-    """The client's SDP offer cannot be answered (malformed, or no audio)."""
 
 
 class Call:
@@ -215,24 +208,14 @@ class RtcCall(Call):
 
     async def accept(self, sdp: str) -> str:
         """Apply the client's offer and return our answer SDP (ICE already gathered)."""
-        if "m=audio" not in sdp:
-            raise BadOffer("the offer has no audio section")
-        pc = self.pc
-        PeerWiring(pc, self.tasks, self._dc_events, self.on_client_message, self.feed, self.end,
+        PeerWiring(self.pc, self.tasks, self._dc_events, self.on_client_message, self.feed, self.end,
                    on_events_open=lambda: self._dc_events.send(events.turn(self.agent.state)))
-        try:  # signaling.sdp_guard checked the offer; this is the net under it
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            set_audio_jitter_prefetch(pc, self._jitter_prefetch)
-            sending = PacketTrack(self.track)  # pre-encoded Opus: no per-frame thread hop in aiortc's sender
-            pc.addTrack(sending)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
-                InternalError, InvalidAccessError, InvalidStateError, OperationError) as exc:
-            raise BadOffer(f"SDP offer cannot be answered: {type(exc).__name__}") from exc
-        if negotiated_audio_codec(pc.localDescription.sdp) == "opus":
+        sending = PacketTrack(self.track)  # pre-encoded Opus: no per-frame thread hop in aiortc's sender
+        answer = await answer_offer(self.pc, sdp, sending, self._jitter_prefetch)
+        if negotiated_audio_codec(answer) == "opus":
             sending.use_opus()
         self.tasks.spawn(self.watchdog(), "watchdog")
-        return pc.localDescription.sdp
+        return answer
 
     @property
     def connected(self) -> bool:

@@ -51,7 +51,9 @@ logger = logging.getLogger(__name__)
 CHANNELS = ("caller", "agent")  # a 1:1 call: left the caller, right the agent
 CHUNK_S = 2.0
 MAX_QUEUED_CHUNKS = 8
-GAP_S = 0.1  # a lane this far behind its clock gets the gap as silence (absorbs network jitter)
+GAP_S = 0.25  # a lane this far behind its clock gets the gap as silence: less is network or
+# scheduling jitter, whose late frames come in a burst right after (a 100 ms limit cut holes into
+# a loaded server's recordings); a lane is never more than this behind its clock
 STALL_S = 2.0  # a lane without frames this far behind the other is padded (a stalled side)
 CLOSE_TIMEOUT_S = 10.0
 _CHUNK = int(CHUNK_S * RATE)

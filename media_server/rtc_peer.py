@@ -1,10 +1,11 @@
 """The aiortc side every WebRTC leg shares: a 1:1 ``RtcCall`` and a room's ``RtcParticipant``.
 
-:func:`new_peer` configures the peer connection (ICE servers); :class:`PeerWiring` hooks a
-leg to it: the client's ``events`` DataChannel to the leg's event sink and message intake,
-every remote track read until it ends (audio as 10 ms frames to the leg's ``feed``, other
-kinds drained: an unread aiortc track grows an unbounded queue), and a failed or closed
-connection ends the leg.
+:func:`new_peer` configures the peer connection (ICE servers); :func:`answer_offer` answers
+the client's offer, any offer aiortc cannot answer being a :class:`BadOffer` (a 400, never
+a 500); :class:`PeerWiring` hooks a leg to it: the client's ``events`` DataChannel to the
+leg's event sink and message intake, every remote track read until it ends (audio as 10 ms
+frames to the leg's ``feed``, other kinds drained: an unread aiortc track grows an unbounded
+queue), and a failed or closed connection ends the leg.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.events import DataChannelEvents
+from media_server.tuning import set_audio_jitter_prefetch
 from parley import metrics
 from parley.config import Settings
 from pipeline.dsp.resample import FrameResampler
@@ -29,8 +32,35 @@ from pipeline.tasks import TaskRegistry
 Feed = Callable[[list[np.ndarray], float], None]
 
 
+#: what aiortc raises on an offer it cannot answer (fuzzing found each of them)
+ANSWER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError,
+                 InternalError, InvalidAccessError, InvalidStateError, OperationError)
+
+
+class BadOffer(ValueError):
+    """The client's SDP offer cannot be answered (malformed, or no audio)."""
+
+
 def new_peer(settings: Settings) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in settings.ice_server_urls]))
+
+
+async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack, jitter_prefetch: int) -> str:
+    """Apply the client's offer, send ``track``, and return the answer SDP (ICE gathered).
+
+    ``signaling.sdp_guard`` checked the offer already; this is the net under it, so that no
+    leg (call or room participant) turns a malformed offer into a 500.
+    """
+    if "m=audio" not in sdp:
+        raise BadOffer("the offer has no audio section")
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        set_audio_jitter_prefetch(pc, jitter_prefetch)
+        pc.addTrack(track)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except ANSWER_ERRORS as exc:
+        raise BadOffer(f"SDP offer cannot be answered: {type(exc).__name__}") from exc
+    return str(pc.localDescription.sdp)
 
 
 async def read_inbound(track: MediaStreamTrack, feed: Feed) -> None:

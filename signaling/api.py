@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from media_server import dtls_compat
-from media_server.call import BadOffer, CallSession, RtcCall
+from media_server.call import CallSession, RtcCall
 from media_server.manager import TooManyCalls
+from media_server.rtc_peer import BadOffer
 from personas import Persona
 from signaling import rooms_api
 from signaling.admission import ADMISSION

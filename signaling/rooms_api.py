@@ -24,10 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
-from media_server.call import BadOffer, CallSession, RecorderFactory
+from media_server.call import CallSession, RecorderFactory
 from media_server.rooms import AGENT_ID, ConsentRequired, Room, RoomFull, RoomManager, RtcParticipant
 from media_server.rooms.tracks import RoomVoice
 from media_server.rooms.ws_participant import WsParticipant
+from media_server.rtc_peer import BadOffer
 from pipeline import events
 from pipeline.agent import AgentContext
 from pipeline.agent.floor import POLICIES

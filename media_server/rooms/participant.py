@@ -20,14 +20,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from aiortc import RTCSessionDescription
 
-from media_server.call import BadOffer
 from media_server.client_messages import ClientMessages
 from media_server.events import DataChannelEvents, EventSink
 from media_server.rooms.tracks import MixTrack
-from media_server.rtc_peer import PeerWiring, new_peer
-from media_server.tuning import set_audio_jitter_prefetch
+from media_server.rtc_peer import PeerWiring, answer_offer, new_peer
 from parley.config import Settings
 from pipeline import events
 from pipeline.agent.room import SpeakerPipeline
@@ -156,19 +153,10 @@ class RtcParticipant(Participant):
 
     async def accept(self, sdp: str) -> str:
         """Apply the offer, answer with the mix track; ICE is gathered by the time it returns."""
-        if "m=audio" not in sdp:
-            raise BadOffer("the offer has no audio section")
-        pc = self.pc
-        PeerWiring(pc, self.tasks, self._dc_events, self.on_message, self.feed, self.hang_up)
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise BadOffer(f"malformed SDP offer: {exc}") from exc
-        set_audio_jitter_prefetch(pc, self._jitter_prefetch)
-        pc.addTrack(self.out)
-        await pc.setLocalDescription(await pc.createAnswer())
+        PeerWiring(self.pc, self.tasks, self._dc_events, self.on_message, self.feed, self.hang_up)
+        answer = await answer_offer(self.pc, sdp, self.out, self._jitter_prefetch)
         self.tasks.spawn(self._watchdog(), "watchdog")
-        return str(pc.localDescription.sdp)
+        return answer
 
     async def close_transport(self) -> None:
         await self.pc.close()
