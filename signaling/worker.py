@@ -58,13 +58,13 @@ async def serve_worker(settings: Settings, reuse_port: bool) -> None:
         signals = _signals()
         await signals.get()
         await drain(app, settings.drain_s, signals)
-        _exit_by(time.monotonic() + SHUTDOWN_LIMIT_S)
+        _exit_within(SHUTDOWN_LIMIT_S)
     finally:
         await runner.cleanup()
     logger.info("worker %d stopped", os.getpid())
 
 
-def _exit_by(deadline: float) -> None:
+def _exit_within(limit_s: float) -> None:
     """Make sure the process ends soon after its drain, whatever it is still waiting for.
 
     After the drain the calls are over and their records written; what is left is closing
@@ -75,9 +75,9 @@ def _exit_by(deadline: float) -> None:
     """
 
     def watchdog() -> None:
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        logger.warning("worker %d: shutdown unfinished %.0f s after the drain; stacks follow, exiting",
-                       os.getpid(), SHUTDOWN_LIMIT_S)
+        time.sleep(limit_s)
+        logger.warning("worker %d: shutdown unfinished %.1f s after the drain; stacks follow, exiting",
+                       os.getpid(), limit_s)
         faulthandler.dump_traceback(all_threads=True)
         logging.shutdown()
         os._exit(0)
