@@ -7,6 +7,7 @@ answers back, and the page shows who said what and hears the others.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -18,6 +19,9 @@ import pytest
 from parley.call.room import RoomClient, create_room
 from tests.browser import CHROMIUM, make_speech_wav, open_page
 
+QUESTION = "Socrates, what is the meaning of a good life?"
+QUESTION_WORDS = set(re.findall(r"[a-z']+", QUESTION.lower()))  # 9 words
+
 pytestmark = [
     pytest.mark.browser, pytest.mark.models,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"headless Chromium not found at {CHROMIUM}"),
@@ -28,7 +32,7 @@ pytestmark = [
 async def test_browser_and_two_peers_talk_with_the_agent(
         url: str, tmp_path: Path, speech: Callable[..., np.ndarray]) -> None:
     room = await create_room(url, "socrates", name="Agora")
-    wav = make_speech_wav(tmp_path / "ann.wav", "Socrates, what is the meaning of a good life?",
+    wav = make_speech_wav(tmp_path / "ann.wav", QUESTION,
                           lead_silence_s=3.0, tail_silence_s=30.0)
     async with AsyncExitStack() as stack:
         bob, cat, dan = [await stack.enter_async_context(
@@ -42,7 +46,9 @@ async def test_browser_and_two_peers_talk_with_the_agent(
         ann_id = joined["participant_id"]
         # generous: this shared machine runs several suites at once
         final = await bob.wait_event(lambda e: e["type"] == "stt-final" and e["participant_id"] == ann_id, 90, since)
-        assert final["speaker"] == "Ann" and "good" in final["text"].lower()
+        # Whisper tiny on the browser's Opus: "good life" came out "Lord's life" once in CI
+        heard = set(re.findall(r"[a-z']+", final["text"].lower()))
+        assert final["speaker"] == "Ann" and "socrates" in heard and len(heard & QUESTION_WORDS) >= 6, final
         t_final = next(t for t, e in bob.events if e is final)
         for peer in (cat, dan):  # they heard Ann's voice
             assert len(peer.voiced_between(since, t_final)) >= 50
