@@ -22,7 +22,7 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.events import DataChannelEvents
-from media_server.tuning import set_audio_jitter_prefetch
+from media_server.tuning import tune_audio_receivers
 from parley import metrics
 from parley.config import Settings
 from pipeline.dsp.resample import FrameResampler
@@ -55,7 +55,7 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, track: MediaStreamTrack,
         raise BadOffer("the offer has no audio section")
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        set_audio_jitter_prefetch(pc, jitter_prefetch)
+        tune_audio_receivers(pc, jitter_prefetch)
         pc.addTrack(track)
         await pc.setLocalDescription(await pc.createAnswer())
     except ANSWER_ERRORS as exc:

@@ -15,6 +15,7 @@ CALLS_TOTAL = Counter("parley_calls_total", "Calls accepted", ["transport"])
 FRAMES_SENT = Counter("parley_frames_sent_total", "Outbound 20 ms audio frames sent")
 FRAMES_LATE = Counter("parley_frames_late_total", "Outbound frames sent more than one frame late")
 FRAMES_RECEIVED = Counter("parley_frames_received_total", "Inbound audio frames consumed")
+FRAMES_UNDECODABLE = Counter("parley_frames_undecodable_total", "Inbound audio packets the decoder rejected (dropped)")
 LOOP_LAG = Histogram(
     "parley_loop_lag_seconds",
     "How late a 20 ms event-loop tick fires (media loop stall detector)",

@@ -27,7 +27,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media_server.agent_track import AgentTrack, Playback
-from media_server.tuning import set_audio_jitter_prefetch
+from media_server.tuning import tune_audio_receivers
 from parley.call.echo import EchoPath, LeakyMic
 from pipeline.audio import FRAME_10MS, RATE, rms_dbfs
 from pipeline.dsp.resample import FrameResampler
@@ -99,7 +99,7 @@ class CallClient:
             async with http.post(f"{self.url}/api/offer", json=body, headers=headers) as r:
                 answer = await _json_or_raise(r)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-        set_audio_jitter_prefetch(self.pc, self.jitter_prefetch)
+        tune_audio_receivers(self.pc, self.jitter_prefetch)
         self.call_id = answer.get("call_id")
         self.recording = bool(answer.get("recording"))
         await self.wait_event(lambda e: e["type"] == "turn", timeout=timeout)

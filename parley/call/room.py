@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCSessionDescription
 
-from media_server.tuning import set_audio_jitter_prefetch
+from media_server.tuning import tune_audio_receivers
 from parley.call.client import CallClient, _json_or_raise
 
 
@@ -55,7 +55,7 @@ class RoomClient(CallClient):
                 http.post(f"{self.url}/api/offer", json=body, headers=headers) as r:
             answer = await _json_or_raise(r)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-        set_audio_jitter_prefetch(self.pc, self.jitter_prefetch)
+        tune_audio_receivers(self.pc, self.jitter_prefetch)
         self.participant_id: str = answer["participant_id"]
         self.recording = bool(answer.get("recording"))
         self.session = answer.get("session") or {}
