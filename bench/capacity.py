@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import cpucap
 from bench.serverproc import free_port, scrape, wait_healthy
 
 LATE_LIMIT = 0.005
+WORKER_CAP = 0.25  # cores per worker in the capped scaling run
 COUNTERS = ("parley_frames_sent_total", "parley_frames_late_total")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,6 +74,7 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     metrics_urls: list[str] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
 
     def counters(self) -> dict[str, float]:
         out = dict.fromkeys(COUNTERS, 0.0)
@@ -102,8 +105,9 @@ def relay_server() -> Iterator[Server]:
         _stop(proc)
 
 
-def _worker_urls(url: str, workers: int) -> list[str]:
-    """Each worker's internal URL, from ``/ready`` on fresh connections (SO_REUSEPORT spreads them)."""
+def _workers(url: str, workers: int) -> dict[str, str]:
+    """Each worker's id (``node:pid``) and internal URL, from ``/ready`` on fresh connections
+    (SO_REUSEPORT spreads them)."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + 180
     while len(seen) < workers and time.monotonic() < deadline:
@@ -116,7 +120,7 @@ def _worker_urls(url: str, workers: int) -> list[str]:
             time.sleep(0.3)
     if len(seen) < workers:
         raise RuntimeError(f"only {len(seen)} of {workers} workers answered at {url}")
-    return list(seen.values())
+    return seen
 
 
 @contextlib.contextmanager
@@ -130,7 +134,8 @@ def parley_server(workers: int) -> Iterator[Server]:
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, timeout=180)
-        yield Server(url, proc, _worker_urls(url, workers))
+        found = _workers(url, workers)
+        yield Server(url, proc, list(found.values()), [int(w.rsplit(":", 1)[1]) for w in found])
     finally:
         _stop(proc)
         subprocess.run(["rm", "-rf", data], check=False)
@@ -157,8 +162,10 @@ def measure(server: Server, calls: int, window_s: float) -> dict[str, Any]:
         kind, _ = queue.get(timeout=120 + calls)
         assert kind == "ready"
         cpu0, wall0, c0 = tree_cpu_seconds(server.proc.pid), time.monotonic(), server.counters()
+        workers0 = [tree_cpu_seconds(pid) for pid in server.worker_pids]
         time.sleep(window_s)
         cpu1, wall1, c1 = tree_cpu_seconds(server.proc.pid), time.monotonic(), server.counters()
+        workers1 = [tree_cpu_seconds(pid) for pid in server.worker_pids]
     finally:
         stop.set()
     kind, stats = queue.get(timeout=120)
@@ -171,6 +178,7 @@ def measure(server: Server, calls: int, window_s: float) -> dict[str, Any]:
         "calls": calls,
         "server_cores": round(cores, 3),
         "server_cpu_per_call": round(cores / calls, 4),
+        "worker_cores": [round((b - a) / (wall1 - wall0), 3) for a, b in zip(workers0, workers1, strict=True)],
         "server_frames_per_call_s": round(sent / calls / (wall1 - wall0), 1) if server.metrics_urls else None,
         "server_late_ratio": late / sent if sent else (0.0 if not server.metrics_urls else 1.0),
         "client_late_ratio": sum(s[1] for s in stats) / received if received else 1.0,
@@ -223,18 +231,33 @@ def sender_cost(frames: int = 1500) -> dict[str, float]:
     }
 
 
-def _ramp(workers: int, steps: list[int], window_s: float) -> dict[str, Any]:
+def _ramp(workers: int, steps: list[int], window_s: float, cap: float | None = None) -> dict[str, Any]:
+    """Add calls step by step until one step sends too many frames late (or a call fails);
+    with ``cap``, each worker gets only that fraction of a core (:mod:`bench.cpucap`)."""
     points, capacity = [], 0
-    with parley_server(workers) as server:
+    with parley_server(workers) as server, \
+            cpucap.capped(server.worker_pids, cap, "parley-bench") if cap else contextlib.nullcontext():
         for calls in steps:
             point = measure(server, calls, window_s)
             points.append(point)
-            print(f"   {workers} worker(s), {calls} calls: late {point['server_late_ratio']:.2%}, "
-                  f"{point['server_cpu_per_call']:.3f} core/call, failed {point['failed_calls']}", flush=True)
+            print(f"   {workers} worker(s){f' capped at {cap} core' if cap else ''}, {calls} calls: "
+                  f"late {point['server_late_ratio']:.2%}, {point['server_cpu_per_call']:.3f} core/call, "
+                  f"workers at {point['worker_cores']} core, failed {point['failed_calls']}", flush=True)
             if point["server_late_ratio"] > LATE_LIMIT or point["failed_calls"]:
                 break
             capacity = calls
-    return {"workers": workers, "capacity": capacity, "points": points}
+    return {"workers": workers, "cap_cores": cap, "capacity": capacity, "points": points}
+
+
+def _capped_scaling(window_s: float, quick: bool) -> dict[str, Any]:
+    """1 and 2 workers each held to ``WORKER_CAP`` of a core: does the second double capacity?"""
+    why_not = cpucap.available()
+    if why_not is not None:
+        return {"skipped": why_not}
+    steps = [2, 4, 6] if quick else list(range(2, 25, 2))
+    runs = [_ramp(1, steps, window_s, WORKER_CAP), _ramp(2, [2 * s for s in steps], window_s, WORKER_CAP)]
+    one, two = runs[0]["capacity"], runs[1]["capacity"]
+    return {"cap_cores": WORKER_CAP, "runs": runs, "scaling": round(two / one, 2) if one else None}
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
@@ -251,6 +274,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
           f"(ratio {ratio:.2f})", flush=True)
     steps = [4, 8] if quick else [4, 8, 12, 16, 20, 24, 28, 32, 40, 48]
     runs = [_ramp(1, steps, window), _ramp(2, [2 * s for s in steps], window)]
+    capped = _capped_scaling(window, quick)
     result = {
         "late_limit": LATE_LIMIT,
         "window_seconds": window,
@@ -260,12 +284,14 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "reference_relay": reference,
         "parley_same_calls": same,
         "runs": runs,
+        "capped": capped,
         "summary": {
             "cpu_per_call_relay": reference["server_cpu_per_call"],
             "cpu_per_call_parley": same["server_cpu_per_call"],
             "cpu_ratio_parley_to_relay": round(ratio, 3) if ratio else None,
             "capacity_1_worker": runs[0]["capacity"],
             "capacity_2_workers": runs[1]["capacity"],
+            "capped_scaling_2_to_1_worker": capped.get("scaling"),
             # a starved server sends fewer than 50 frames per call per second and looks cheap:
             # the CPU ratio means something only when Parley kept up at the reference call count
             "parley_kept_up": (same["server_frames_per_call_s"] or 0) >= 45,

@@ -91,6 +91,12 @@ class _Readings:
         )
 
 
+def cost_per_call(load: float, calls: int) -> float:
+    """What one more call adds to a worker at ``load`` with ``calls`` (a default until two
+    calls have been measured)."""
+    return DEFAULT_CALL_COST if calls < 2 else max(0.005, load / calls)
+
+
 class LoadMonitor:
     """This worker's load and its admission decision; :meth:`run` samples once a second."""
 
@@ -106,10 +112,7 @@ class LoadMonitor:
     @property
     def call_cost(self) -> float:
         """Measured load per call (a default until calls have been measured)."""
-        calls = self._active_calls()
-        if calls < 2:
-            return DEFAULT_CALL_COST
-        return max(0.005, self.smoothed.load / calls)
+        return cost_per_call(self.smoothed.load, self._active_calls())
 
     @property
     def load(self) -> float:

@@ -26,6 +26,7 @@ class CallManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.calls: dict[str, Call] = {}
+        self.setting_up = 0  # WebRTC calls answering their offer, not registered yet (placement counts them)
         self.loop_late_ticks = 0
         self.tasks = TaskRegistry("calls")
 
@@ -44,11 +45,14 @@ class CallManager:
         """
         self.check_capacity()
         call = RtcCall(session, agent_factory, self.settings, recording)
+        self.setting_up += 1
         try:
             await call.accept(sdp)
         except BaseException:
             await call.close("offer rejected")
             raise
+        finally:
+            self.setting_up -= 1
         self.register(call)
         return call
 

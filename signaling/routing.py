@@ -28,13 +28,13 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from media_server.load import RETRY_AFTER_S, LoadMonitor, Overloaded
+from media_server.load import RETRY_AFTER_S, LoadMonitor, Overloaded, cost_per_call
 from media_server.manager import CallManager, TooManyCalls
 from parley.config import Settings
 from signaling import proxy
@@ -143,8 +143,8 @@ class Cluster:
         return self.monitor.draining
 
     def info(self) -> WorkerInfo:
-        return WorkerInfo(self.id, self.node, self.url, round(self.monitor.load, 3), len(self.manager.calls),
-                          self.monitor.draining)
+        return WorkerInfo(self.id, self.node, self.url, round(self.monitor.load, 3),
+                          len(self.manager.calls) + self.manager.setting_up, self.monitor.draining)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -220,14 +220,26 @@ class Cluster:
 
     # -- placement -------------------------------------------------------------------
     def candidates(self) -> list[WorkerInfo]:
-        """Two random live workers under the load limit, the less loaded first."""
+        """Two random live workers under the load limit, the one with fewer calls first (then
+        the lower load). Calls, not the measured load, order them: the load is smoothed over
+        seconds and a call costs little until it is set up, so in a burst of new calls the
+        figures would send every one of them to the same worker; the load limit still keeps
+        a busy worker out of the pool, and its admission check still refuses."""
         me = self.info()
         pool = [w for w in self._peers.values() if w.id != self.id and w.url and not w.draining
                 and w.load < self.monitor.limit]
         if not me.draining:
             pool.append(me)
         picked = self._rng.sample(pool, min(2, len(pool)))
-        return sorted(picked, key=lambda w: (w.load, w.calls))
+        return sorted(picked, key=lambda w: (w.calls, w.load))
+
+    def expect_call(self, target: WorkerInfo) -> None:
+        """Count a call being sent to ``target`` in this worker's view of it until its next
+        announcement: otherwise a burst of new calls all follow the same second-old figures
+        to one worker (with two workers, the two choices are always both)."""
+        if target.id in self._peers:
+            self._peers[target.id] = replace(target, load=target.load + cost_per_call(target.load, target.calls),
+                                             calls=target.calls + 1)
 
     def admit(self) -> None:
         """Admit one new call here or raise :class:`ApiError` 503 with Retry-After."""
@@ -313,6 +325,7 @@ async def _place(request: web.Request, handler: Handler, cluster: Cluster) -> we
                     logger.info("not placing here: %s", exc.message)
                     continue
                 return await handler(request)
+            cluster.expect_call(target)
             try:
                 response = await cluster.forward(request, target)
             except proxy.Unreachable as exc:

@@ -260,12 +260,16 @@ class VectorStore:
 def _connect(uri: str, collection: str, dim: int, index: str) -> MilvusClient:
     client = MilvusClient(uri)
     if not client.has_collection(collection):
-        with _quiet_lite_grpc():
-            client.create_collection(
-                collection, schema=_schema(client, dim), index_params=_indexes(client, index)
-            )
-    else:
-        _check_dim(client.describe_collection(collection), dim)
+        try:
+            with _quiet_lite_grpc():
+                client.create_collection(
+                    collection, schema=_schema(client, dim), index_params=_indexes(client, index)
+                )
+        except MilvusException:
+            # the workers of a node start together: another one may have created it first
+            if not client.has_collection(collection):
+                raise
+    _check_dim(client.describe_collection(collection), dim)
     client.load_collection(collection)
     return client
 
