@@ -4,9 +4,10 @@ Workers share the public port (``SO_REUSEPORT``; across nodes, a load balancer),
 request can reach any of them. Requests fall into three kinds (:func:`classify`):
 
 - *placement* — a new call or room (``POST /api/offer``, ``POST /whip``, ``GET /ws``,
-  ``POST /api/rooms``, a SIP dial-out ``POST /api/sip/calls``): placed on the less loaded
-  of two randomly chosen live workers under the load limit ("power of two choices": nearly
-  as even as asking every worker, without a herd on the single least loaded one), and
+  ``POST /api/rooms``, a SIP dial-out ``POST /api/sip/calls``): placed on the one of two
+  randomly chosen live workers under the load limit with fewer calls ("power of two
+  choices": nearly as even as asking every worker, without a herd on the single emptiest
+  one; see :meth:`Cluster.candidates`), and
   forwarded there unless that is this worker;
 - *owned* — about an existing call or room (``/whip/{id}``, ``/api/calls/{id}…``,
   ``/api/rooms/{id}…``, a join or dial-out naming ``room_id``/``?room=``): forwarded to
