@@ -276,18 +276,23 @@ def _connect(uri: str, collection: str, dim: int, index: str) -> MilvusClient:
 
 @contextlib.contextmanager
 def _quiet_lite_grpc() -> Iterator[None]:
-    """Silence the in-process gRPC server while pymilvus probes an RPC Lite lacks.
+    """Silence the in-process gRPC server and pymilvus while a collection is created.
 
     Creating a collection calls AllocTimestamp, which Milvus Lite does not implement;
-    pymilvus falls back by itself, but grpc logs a traceback at ERROR first.
+    pymilvus falls back by itself, but grpc logs a traceback at ERROR first. And when
+    another worker created the collection a moment before, pymilvus logs the failure with
+    its traceback before :func:`_connect` finds the collection there (any other failure
+    is raised, and logged once, by the caller).
     """
-    grpc_log = logging.getLogger("grpc._server")
-    level = grpc_log.level
-    grpc_log.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in ("grpc._server", "pymilvus.decorators")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        grpc_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def _check_dim(description: dict[str, Any], dim: int) -> None:
