@@ -113,6 +113,8 @@ class Agent:
         self._carry: np.ndarray | None = None  # a retracted turn's audio, to go before the next
         self._audible_at: float | None = None  # when the current reply was first heard
         self.turn_merged = False  # the turn being answered includes a retracted one
+        self.floor_free = asyncio.Event()  # clear while the user is speaking (an onset included)
+        self.floor_free.set()
         self.retracting = False  # the reply being cancelled is retracted, not barged in on
 
     # -- inputs -----------------------------------------------------------------
@@ -185,6 +187,10 @@ class Agent:
             self.pause_judge.on_event(ev)
         elif ev.kind is TurnEventKind.END_OF_TURN and ev.audio is not None:
             self._end_turn(ev.audio, ev.t)
+        if self.turns.in_speech:
+            self.floor_free.clear()
+        else:
+            self.floor_free.set()
 
     def _end_turn(self, audio: np.ndarray, t: float) -> None:
         """Answer the turn -- together with a turn the user resumed before hearing its reply."""

@@ -435,6 +435,8 @@ class VoiceAgent(Agent):
         try:
             async for pcm in stream:
                 await speculation.visible()  # held audio plays as soon as the reply is adopted
+                if "tts_first_audio" not in timer.marks:
+                    await self._floor_clear()
                 spoken.playouts.append(self.speaker.play(pcm))
                 if "tts_first_audio" not in timer.marks:
                     timer.mark("tts_first_audio")
@@ -443,6 +445,16 @@ class VoiceAgent(Agent):
         finally:
             await stream.aclose()
         return spoken.playouts[-1] if spoken.playouts else None
+
+    async def _floor_clear(self) -> None:
+        """Hold the reply's first audio while the user has begun to speak again.
+
+        A speaker resuming after a pause the end of turn took for the end is heard as an
+        onset ~30 ms in, and confirmed ~250 ms later -- when the reply is withdrawn and the
+        two parts become one turn. A reply ready in between would start under them and be
+        heard; held here it is withdrawn unheard. A cough lets it go when its onset is
+        cancelled (at most ``max_onset_ms``)."""
+        await self.floor_free.wait()
 
     def _unlabelled(self, piece: str) -> str:
         """Drop a leading "Socrates:" — small models copy the speaker labels of the prompt's
