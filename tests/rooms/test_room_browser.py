@@ -32,8 +32,9 @@ pytestmark = [
 async def test_browser_and_two_peers_talk_with_the_agent(
         url: str, tmp_path: Path, speech: Callable[..., np.ndarray]) -> None:
     room = await create_room(url, "socrates", name="Agora")
-    wav = make_speech_wav(tmp_path / "ann.wav", QUESTION,
-                          lead_silence_s=3.0, tail_silence_s=30.0)
+    # Piper: espeak's "Socrates" came out "Our critique" once in CI (its onset clipped by the
+    # page's audio processing), and the agent answers only when it hears its name
+    wav = make_speech_wav(tmp_path / "ann.wav", QUESTION, lead_silence_s=3.0, tail_silence_s=30.0, voice="piper")
     async with AsyncExitStack() as stack:
         bob, cat, dan = [await stack.enter_async_context(
             RoomClient(url, token=room["token"], room_id=room["room_id"], name=name))
