@@ -19,7 +19,8 @@ have eaten our phone system").
   interjection is the next trial's reply (a new question when it is too short).
 * **echo only** (a fresh call): questions and whole replies with the echo in the mic and
   nobody talking over them; every ``interrupted`` / ``turn-resumed`` is a
-  self-interruption.
+  self-interruption -- unless it came while the question was still being said (a reply
+  begun in one of its pauses and cut by its next words: counted as ``cut_by_the_question``).
 
 Two rows: the server's defaults, and ``PARLEY_DOUBLE_TALK=1``.
 """
@@ -53,6 +54,7 @@ ROWS = {"default": {}, "double-talk": {"PARLEY_DOUBLE_TALK": "1"}}
 REPLY_TIMEOUT_S = 60.0
 MISS_MS = 1500.0  # where the plot draws a barge-in that never came
 SETTLE_S = 2.0  # after a reply, the echo's tail and any late event
+QUESTION_REACH_S = 0.6  # the question's last words can still confirm a barge-in this much later
 
 
 class Voice:
@@ -222,26 +224,39 @@ async def _echo_call(url: str, replies: int, questions: list[Voice]) -> dict[str
     rows = []
     async with _call(url) as client:
         for i in range(replies):
-            since = time.monotonic()
+            question, since = questions[i % len(questions)], time.monotonic()
+            playback = client.say(question.pcm)
             try:
-                await _ask(client, questions[i % len(questions)])
+                await client.wait_event(lambda e: e["type"] == "tts-start", timeout=REPLY_TIMEOUT_S, since=since)
                 await client.wait_event(lambda e: e["type"] in ("tts-end", "interrupted"), timeout=REPLY_TIMEOUT_S,
                                         since=since)
             except TimeoutError:
-                rows.append({"question": questions[i % len(questions)].name, "skipped": "no reply"})
+                rows.append({"question": question.name, "skipped": "no reply"})
                 continue
             await _settle(client)
-            kinds = [e["type"] for _, e in _events(client, since)]
-            row: dict[str, Any] = {
-                "question": questions[i % len(questions)].name,
-                "interrupted": kinds.count("interrupted"), "turn_resumed": kinds.count("turn-resumed"),
-                "replies": kinds.count("tts-start"), "stt_finals": kinds.count("stt-final"),
-                "reply_s": round(len(client.voiced_between(since)) * 0.01, 2),
-            }
-            rows.append(row)
+            rows.append(_echo_row(client, question, since, playback.started_at or since))
             print(f"   echo reply {i + 1}: {json.dumps(rows[-1])}", flush=True)
         echo_db = client.echo.measured_db if client.echo else None
     return {"replies": rows, "echo_measured_db": None if echo_db is None else round(echo_db, 1)}
+
+
+def _echo_row(client: CallClient, question: Voice, since: float, spoken_at: float) -> dict[str, Any]:
+    """One echo-only reply's events. An ``interrupted`` / ``turn-resumed`` while the question
+    was still being said (a reply started in one of its pauses, cut by its next words) is the
+    user's doing: counted apart. Only those later, with nothing in the mic but the echo, are
+    self-interruptions."""
+    voice_end = spoken_at + question.pcm.size / RATE - 0.1 + QUESTION_REACH_S
+    events = _events(client, since)
+    cuts = [(t, e["type"]) for t, e in events if e["type"] in ("interrupted", "turn-resumed")]
+    return {
+        "question": question.name,
+        "interrupted": sum(1 for t, k in cuts if k == "interrupted" and t > voice_end),
+        "turn_resumed": sum(1 for t, k in cuts if k == "turn-resumed" and t > voice_end),
+        "cut_by_the_question": sum(1 for t, _ in cuts if t <= voice_end),
+        "replies": sum(1 for _, e in events if e["type"] == "tts-start"),
+        "stt_finals": sum(1 for _, e in events if e["type"] == "stt-final"),
+        "reply_s": round(len(client.voiced_between(since)) * 0.01, 2),
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -274,6 +289,7 @@ def summarize(barge: dict[str, Any], echo: dict[str, Any], per_offset: int, echo
         "excluded_ended_by_itself": sum(ended_by_itself(t) for t in barge["trials"]),
         "echo_replies": len(measured), "self_interruptions": self_interruptions,
         "self_interrupted_replies": sum(1 for r in measured if r["interrupted"] or r["turn_resumed"]),
+        "cut_by_the_question": sum(r.get("cut_by_the_question", 0) for r in measured),
         "echo_pass": len(measured) >= echo_replies and self_interruptions == 0,
         "echo_measured_db": {"bargein_call": barge["echo_measured_db"], "echo_call": echo["echo_measured_db"]},
     }

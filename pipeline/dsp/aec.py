@@ -18,6 +18,8 @@ the turn detector must not take it for the user -- unless ``meta.double_talk``
 (:mod:`pipeline.dsp.doubletalk`, which needs no converged filter) hears the user above
 any echo the far end could cause. If no echo shows up within 1.2 s of agent
 speech (headphones, or a client that cancels its own echo) the flag is dropped for good.
+Once the canceller is trusted, ``meta.echo_passed`` says the user's voice went through it
+(:mod:`pipeline.dsp.passthrough`): such frames need not count half as barge-in evidence.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pipeline.dsp.base import FrameMeta, to_float
 from pipeline.dsp.delay import DelayEstimator
 from pipeline.dsp.doubletalk import DoubleTalkDetector
 from pipeline.dsp.farend import FarEndBuffer, NearClock
+from pipeline.dsp.passthrough import PassThroughDetector
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +87,14 @@ class EchoStage:
         self.delay = DelayEstimator(max_delay_ms=MAX_LAG * 1000 / RATE)
         self.lag: int | None = None  # start of the filter window (far samples before pos)
         self.double_talk = DoubleTalkDetector() if double_talk else None
+        self.pass_through = PassThroughDetector()
         self._span = canceller.span_samples if canceller else 0
         self._active_frames = 0  # echo-active frames so far (since the last reset)
         self._trusted_frames = 0  # ... of which with the filter placed
         self._near = np.zeros(FRAME_10MS, np.float32)
         self._far0 = np.zeros(FRAME_10MS, np.float32)
         self._aligned = np.zeros(FRAME_10MS, np.float32)
+        self._out = np.zeros(FRAME_10MS, np.float32)
 
     @property
     def latency_samples(self) -> int:
@@ -124,7 +129,10 @@ class EchoStage:
             meta.double_talk = talk and meta.echo_uncertain  # a converged canceller decides alone
         if self.lag is None or not meta.echo_active:
             return self._cancel(frame, None)
-        return self._cancel(frame, self.far.read(pos - self.lag - FRAME_10MS, self._aligned))
+        out = self._cancel(frame, self.far.read(pos - self.lag - FRAME_10MS, self._aligned))
+        if not meta.echo_uncertain:
+            meta.echo_passed = self.pass_through.update(self._near, to_float(out, self._out))
+        return out
 
     def _uncertain(self) -> bool:
         self._active_frames += 1

@@ -31,6 +31,7 @@ class FrameMeta:
     echo_active: bool = False  # the agent was audible in the far end around this frame
     echo_uncertain: bool = False  # ... and the canceller may not remove it yet (call start)
     double_talk: bool = False  # the user is audible over the agent's echo (no converged AEC needed)
+    echo_passed: bool = False  # the mic went through a converged canceller untouched: the user's voice
     echo_delay_ms: float | None = None  # tracked echo path delay, None until estimated
     gain_db: float = 0.0  # gain the AGC applied
 

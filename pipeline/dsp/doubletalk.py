@@ -49,19 +49,31 @@ LEARN_PAUSE_FRAMES = 50
 ABOVE_FLOOR_DB = 10.0  # a mic frame this far above its noise floor holds something (echo or user)
 
 
-def _bands() -> list[slice]:
+def bands() -> list[slice]:
+    """FFT bins of the 16 speech bands (250 Hz - 6 kHz, log-spaced)."""
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / RATE)
     return [slice(int(np.searchsorted(freqs, lo)), int(np.searchsorted(freqs, hi)))
             for lo, hi in zip(BAND_EDGES_HZ[:-1], BAND_EDGES_HZ[1:], strict=True)]
+
+
+class BandEnergy:
+    """Energy per speech band of one 10 ms frame (float [-1, 1)): two FFT calls' worth."""
+
+    def __init__(self) -> None:
+        self.bands = bands()
+        self._window = np.hanning(FRAME_10MS).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        spectrum = np.abs(np.fft.rfft(x * self._window, N_FFT)) ** 2
+        return np.array([spectrum[b].sum() for b in self.bands]) + 1e-12
 
 
 class DoubleTalkDetector:
     """Per-call state: the far end's recent band energies and the learnt echo gain."""
 
     def __init__(self) -> None:
-        self._bands = _bands()
-        self._window = np.hanning(FRAME_10MS).astype(np.float32)
-        self._far = np.full((WINDOW_FRAMES, len(self._bands)), 1e-12)
+        self._band_energy = BandEnergy()
+        self._far = np.full((WINDOW_FRAMES, len(self._band_energy.bands)), 1e-12)
         self._far_level = np.full(WINDOW_FRAMES, -120.0)
         self._slot = 0
         self._ratios: list[np.ndarray] = []  # log ratios of far-active, non-double-talk frames
@@ -70,11 +82,7 @@ class DoubleTalkDetector:
         self._no_learn = 0  # frames left before learning resumes after double talk
         self._above = 0  # consecutive frames above the bound
         self._far_run = 0  # frames since the far end became active (the reply began)
-        self.gain_db = np.full(len(self._bands), PRIOR_GAIN_DB)
-
-    def _band_energy(self, x: np.ndarray) -> np.ndarray:
-        spectrum = np.abs(np.fft.rfft(x * self._window, N_FFT)) ** 2
-        return np.array([spectrum[b].sum() for b in self._bands]) + 1e-12
+        self.gain_db = np.full(len(self._band_energy.bands), PRIOR_GAIN_DB)
 
     def push_far(self, far: np.ndarray) -> None:
         """The far-end frame that plays at the same time as the next mic frame (float [-1, 1))."""

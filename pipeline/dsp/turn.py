@@ -17,7 +17,9 @@ A pure state machine fed one 10 ms frame (with its :class:`FrameMeta`) at a time
 While the far end carries the agent's voice (``meta.echo_active``), residual echo can look
 like speech, so a frame counts for onset and confirmation only ``1/echo_evidence`` (those
 need ``echo_evidence`` times more such frames, and evidence gathered over the echo is not
-worth more once the echo ends); while the echo canceller has not converged yet
+worth more once the echo ends) -- unless the frame went through a converged canceller
+untouched (``meta.echo_passed``: the user's voice, not echo), which counts in full, so a
+barge-in is confirmed after ``confirm_ms`` of speech; while the echo canceller has not converged yet
 (``meta.echo_uncertain``, the start of a call) only frames the double-talk detector vouches
 for (``meta.double_talk``: the user audible above any echo the agent's voice could cause)
 count -- otherwise the agent would interrupt itself, and before that detector the user's
@@ -81,13 +83,13 @@ class TurnDetector:
         self,
         *,
         endpoint: EndpointConfig | None = None,
-        confirm_ms: int = 250,
+        confirm_ms: int = 150,
         onset_ms: int = 30,
         cancel_ms: int = 300,
         max_onset_ms: int = 1500,
         pause_ms: int = 150,
         stale_ms: int = 300,
-        echo_evidence: float = 2.0,
+        echo_evidence: float = 3.0,
         onset_snr_db: float = 6.0,
         preroll_ms: int = 200,
         lookback_ms: int = 1500,
@@ -170,11 +172,12 @@ class TurnDetector:
 
     def _weight(self, meta: FrameMeta) -> float:
         """What one frame of evidence is worth: less while the agent's echo may be in the mic
-        -- unless the double-talk detector hears the user above any echo there could be.
+        -- unless the double-talk detector hears the user above any echo there could be, or
+        the frame went through a converged canceller untouched (``meta.echo_passed``).
         Weighing each frame as it comes (rather than asking for more frames in total) keeps
         evidence gathered over the echo from counting in full the moment the echo ends: a
         run of residual echo must not be confirmed by the first frame past the echo's reach."""
-        doubt = meta.echo_active and not meta.double_talk
+        doubt = meta.echo_active and not (meta.double_talk or meta.echo_passed)
         return 1.0 / self.echo_evidence if doubt else 1.0
 
     @staticmethod

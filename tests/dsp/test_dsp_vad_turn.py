@@ -220,7 +220,7 @@ def test_evidence_gathered_over_the_echo_is_not_worth_more_once_it_ends() -> Non
     load, when the echo came later than the path the canceller had learnt)."""
 
     def run(clean_speech_frames: int) -> list[TurnEventKind]:
-        detector, kinds = TurnDetector(), []
+        detector, kinds = TurnDetector(confirm_ms=250, echo_evidence=2.0), []
         pattern = [True] * 30 + [False] * clean_speech_frames  # echo_active, per speech frame
         for n, echo in enumerate(pattern + [False] * 40):
             speech = n < len(pattern)
