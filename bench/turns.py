@@ -2,10 +2,10 @@
 latency after the true end -- ``parley bench turns``.
 
 Each labelled utterance (:mod:`bench.real_speech`) runs frame by frame through the real
-DSP chain and turn detector, with the real end-of-turn cues: at each PAUSE event the
-Smart Turn model and Whisper run on the utterance so far, and their verdicts reach the
-detector only after the time they really took (so a slow cue is as late here as in a
-call). Every END_OF_TURN is a decision the server would have acted on.
+DSP chain and turn detector, with the real end-of-turn cues started when the agent starts
+them -- Whisper on the utterance so far after 60 ms of silence, the Smart Turn model at
+each PAUSE -- and their verdicts reach the detector only after the time they really took
+(so a slow cue is as late here as in a call). Every END_OF_TURN is a decision the server would have acted on.
 
 Two sets, reported apart (synthetic speech never enters the real-speech figures):
 ``real`` (:mod:`bench.real_speech`, recordings of people) and ``piper``
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ import numpy as np
 from bench.piper_speech import piper_utterances
 from bench.real_speech import Utterance, normalize_words, real_utterances, word_errors
 from parley.config import Settings
+from pipeline.agent.voice import SPECULATE_AFTER_FRAMES
 from pipeline.audio import FRAME_10MS, RATE, resample
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.endpoint import from_settings
@@ -77,7 +79,7 @@ class Simulated:
 
     utterance: Utterance
     ends: list[TurnEnd] = field(default_factory=list)
-    cue_ms: list[float] = field(default_factory=list)  # time each PAUSE's cues took
+    stt_ms: list[float] = field(default_factory=list)  # time each speculative Whisper decode took
 
     def premature(self) -> list[tuple[float, float]]:
         """The intra-utterance pauses in which the turn was ended."""
@@ -92,34 +94,43 @@ class Simulated:
 
 
 async def simulate(utt: Utterance, settings: Settings, stt: Any, smart: Any | None) -> Simulated:
-    """Run ``utt`` through the DSP chain and the turn detector with the live cues."""
+    """Run ``utt`` through the DSP chain and the turn detector with the live cues.
+
+    The cues start when the agent starts them: Whisper after ``SPECULATE_AFTER_FRAMES`` of
+    silence (its transcript is thrown away at the next voiced frame, as the agent cancels
+    its speculation), Smart Turn at PAUSE.
+    """
     chain = DspChain(settings)
     turns = TurnDetector(endpoint=from_settings(settings), confirm_ms=settings.barge_in_min_ms)
     lag = chain.latency_ms / 1000
     pending: list[tuple[int, str, Any]] = []
     result = Simulated(utt)
+    silent = 0
     for n, i in enumerate(range(0, len(utt.pcm) - FRAME_10MS + 1, FRAME_10MS)):
         for due in [p for p in pending if p[0] <= n]:
             pending.remove(due)
             (turns.hint_probability if due[1] == "p" else turns.hint_transcript)(due[2])
         out, meta = chain.process(utt.pcm[i : i + FRAME_10MS], n * 0.01)
         event = turns.push(out, meta)
+        silent = 0 if meta.is_speech or not turns.in_speech else silent + 1
+        if meta.is_speech:
+            pending = [p for p in pending if p[1] != "t"]
+        elif silent == SPECULATE_AFTER_FRAMES:
+            started = time.perf_counter()
+            text = await stt.transcribe(turns.utterance(), final=True)
+            elapsed_s = time.perf_counter() - started
+            pending.append((n + int(elapsed_s * 100) + 1, "t", text))
+            result.stt_ms.append(elapsed_s * 1000)
         if event is None or event.audio is None:
             continue
         if event.kind is TurnEventKind.END_OF_TURN:
             result.ends.append(TurnEnd(n * 0.01 + 0.01 - lag, event.audio))
-        elif event.kind is TurnEventKind.PAUSE:
-            started = time.perf_counter()
-            text = await stt.transcribe(event.audio, final=True)
-            stt_frames = int((time.perf_counter() - started) * 100) + 1
-            pending.append((n + stt_frames, "t", text))
-            if smart is not None and settings.turn_model == "smart-turn":
-                t0 = time.perf_counter()
-                audio16 = resample(event.audio, RATE, 16000).astype(np.float32) / 32768.0
-                p = await smart.complete_probability(audio16)
-                # the model thread runs beside STT: its verdict lands after its own time
-                pending.append((n + int((time.perf_counter() - t0) * 100) + 1, "p", p))
-            result.cue_ms.append((time.perf_counter() - started) * 1000)
+        elif event.kind is TurnEventKind.PAUSE and smart is not None and settings.turn_model == "smart-turn":
+            t0 = time.perf_counter()
+            audio16 = resample(event.audio, RATE, 16000).astype(np.float32) / 32768.0
+            p = await smart.complete_probability(audio16)
+            # the model thread runs beside STT: its verdict lands after its own time
+            pending.append((n + int((time.perf_counter() - t0) * 100) + 1, "p", p))
     return result
 
 
@@ -175,7 +186,7 @@ async def score(sim: Simulated, stt: Any, grace_s: float) -> dict[str, Any]:
         "errors_split": word_errors(utt.text, split_text)[0],
         "words": len(normalize_words(utt.text)),
         "lost_words": _deletions(normalize_words(offline), normalize_words(call_text)),
-        "cue_ms": [round(c, 1) for c in sim.cue_ms],
+        "stt_ms": [round(c, 1) for c in sim.stt_ms],
     }
 
 
@@ -189,7 +200,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     pauses = sum(r["pauses"] for r in rows)
     latencies = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
     words = sum(r["words"] for r in rows) or 1
-    cues = [c for r in rows for c in r["cue_ms"]]
+    decodes = [c for r in rows for c in r["stt_ms"]]
     return {
         "utterances": len(rows),
         "pauses": pauses,
@@ -202,7 +213,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "wer_call": round(sum(r["errors_call"] for r in rows) / words, 3),
         "wer_split": round(sum(r["errors_split"] for r in rows) / words, 3),
         "lost_words": sum(r["lost_words"] for r in rows),
-        "cue_ms_p50": _pct(cues, 50),
+        "stt_ms_p50": _pct(decodes, 50),
     }
 
 
@@ -210,9 +221,11 @@ async def evaluate(utterances: list[Utterance], mode: str, stt: Any, smart: Any 
                    base: Settings) -> list[dict[str, Any]]:
     settings = replace(base, turn_model=mode)
     rows = []
-    for utt in utterances:
+    for n, utt in enumerate(utterances, 1):
         sim = await simulate(utt, settings, stt, smart)
         rows.append(await score(sim, stt, settings.turn_grace_ms / 1000))
+        print(f"turns: {mode} {n}/{len(utterances)} {utt.name}: {rows[-1]['premature']} premature, "
+              f"latency {rows[-1]['latency_ms']} ms", file=sys.stderr, flush=True)
     return rows
 
 
