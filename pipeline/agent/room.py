@@ -97,12 +97,12 @@ class SpeakerPipeline:
         self.chain.far_end(pcm, t)
 
     async def _interim_transcript(self) -> None:
-        audio = self.turns.utterance()
+        at, audio = self.turns.position(), self.turns.utterance()
         if audio.size < 9600 or self.stt is None:
             return
         text = await self.stt.transcribe(audio, final=False, vocabulary=self.vocabulary)
         if text and self.turns.in_speech:
-            self.turns.hint_transcript(text)
+            self.turns.hint_transcript(text, at)
             self.hooks.transcript(self, text, False)
 
     async def _final(self, audio: np.ndarray) -> None:

@@ -211,15 +211,13 @@ class VoiceAgent(Agent):
             self._next_reply = None
 
     async def _interim_transcript(self) -> None:
-        audio = self.turns.utterance()
+        at, audio = self.turns.position(), self.turns.utterance()
         if audio.size < 4800:
             return
         text = await self.stt.transcribe(audio, final=False)
         if text and self.turns.in_speech:
             self.emit(events.stt_interim(text))
-            hint = getattr(self.turns, "hint_transcript", None)
-            if hint is not None:
-                hint(text)
+            self.turns.hint_transcript(text, at)
 
     # -- a turn ---------------------------------------------------------------------
     async def reply_to_audio(self, audio: np.ndarray, t_end: float) -> None:

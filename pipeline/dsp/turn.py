@@ -33,7 +33,8 @@ but long mid-utterance pauses too, docs/turns.md), the detector emits PAUSE with
 utterance so far: the agent runs the end-of-turn model on it and feeds the results back
 (:meth:`TurnDetector.hint_probability`, :meth:`TurnDetector.hint_transcript`). A cue
 only counts while it still describes the audio: the model's verdict is dropped at the
-next voiced frame, a transcript after ``stale_ms`` of new speech.
+next voiced frame, a transcript once ``stale_ms`` of speech has come after the audio it
+was decoded from (an interim started mid-sentence can land after the user said more).
 
 The utterance starts ``preroll_ms`` before the onset -- and, while the agent's voice is in
 the mic, before the run of speech-like frames that led to it (up to ``lookback_ms``):
@@ -43,6 +44,7 @@ and that word must still reach the transcript.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import time
 from dataclasses import dataclass
@@ -113,6 +115,8 @@ class TurnDetector:
         self._probability: float | None = None
         self._transcript: str | None = None
         self._voiced_since_hint = 0
+        self._voiced_at: list[int] = []  # frames (index in the utterance) the user was voiced in
+        self._generation = 0  # utterances so far: a transcript of an earlier one is dropped
         self._refractory = False
         self._state = _State.IDLE
         self._run = 0  # consecutive frames of onset evidence (IDLE)
@@ -142,10 +146,21 @@ class TurnDetector:
         if self._state is _State.SPEECH and self._silence > 0:
             self._probability = probability
 
-    def hint_transcript(self, text: str) -> None:
-        """The latest interim transcript of the current utterance (see module docstring)."""
+    def position(self) -> tuple[int, int]:
+        """Where the current utterance is now (which utterance, how many frames): pass it
+        back with a transcript of the audio taken here (:meth:`hint_transcript`)."""
+        return self._generation, len(self._frames)
+
+    def hint_transcript(self, text: str, at: tuple[int, int] | None = None) -> None:
+        """A transcript of the current utterance up to ``at`` (its :meth:`position` when
+        the audio was taken; None: up to now). Speech since ``at`` counts towards its
+        staleness -- an interim decoded while the user talked on lands describing audio
+        that has since grown -- and one of an earlier utterance is dropped."""
+        if at is not None and at[0] != self._generation:
+            return
         self._transcript = text
-        self._voiced_since_hint = 0
+        frames = len(self._frames) if at is None else at[1]
+        self._voiced_since_hint = len(self._voiced_at) - bisect.bisect_left(self._voiced_at, frames)
 
     def end_of_turn_wait_ms(self) -> int:
         """The silence that would end the turn now, from the cues that are still fresh."""
@@ -258,6 +273,7 @@ class TurnDetector:
         if self._user_voiced(meta):
             self._silence = 0
             self._voiced_since_hint += 1
+            self._voiced_at.append(len(self._frames) - 1)
             self._probability = None  # it judged an ending that turned out not to be one
         else:
             self._silence += 1
@@ -281,3 +297,5 @@ class TurnDetector:
         self._probability = None
         self._transcript = None
         self._voiced_since_hint = 0
+        self._voiced_at.clear()
+        self._generation += 1

@@ -253,6 +253,27 @@ def test_stale_cues_no_longer_shorten_the_wait() -> None:
     assert detector.end_of_turn_wait_ms() == 900
 
 
+def test_an_interim_that_lands_late_is_judged_by_the_audio_it_heard() -> None:
+    """An interim decode takes 0.5-1 s on a loaded machine: one started mid-sentence lands
+    after the user has said more and paused. Its "sentence end" describes the audio up to
+    where it started, so with 300+ ms of speech since then it must not shorten the wait; one
+    of the previous utterance must not count in the next."""
+    detector = TurnDetector(endpoint=EndpointConfig(complete_ms=450, default_ms=900, likely_ms=700))
+    frames(detector, "s" * 40)
+    at = detector.position()  # "I'd like to book a table," goes to Whisper here ...
+    assert frames(detector, "s" * 35 + "." * 16)[-1] is K.PAUSE  # "... for two people" [pause]
+    detector.hint_probability(0.97)
+    detector.hint_transcript("I'd like to book a table.", at)  # ... and comes back now
+    assert detector.end_of_turn_wait_ms() == 700  # the model's verdict alone
+    detector.hint_transcript("I'd like to book a table for two people.", detector.position())
+    assert detector.end_of_turn_wait_ms() == 450
+    frames(detector, "." * 50)  # the turn ends; the next utterance begins
+    frames(detector, "s" * 40 + "." * 16)
+    detector.hint_probability(0.97)
+    detector.hint_transcript("Thank you.", at)
+    assert detector.end_of_turn_wait_ms() == 700
+
+
 def test_endless_noise_does_not_keep_the_agent_paused() -> None:
     kinds = frames(TurnDetector(), "m" * 300)
     assert kinds == [K.SPEECH_START, K.SPEECH_CANCELLED]
