@@ -3,9 +3,11 @@ latency after the true end -- ``parley bench turns``.
 
 Each labelled utterance (:mod:`bench.real_speech`) runs frame by frame through the real
 DSP chain and turn detector, with the real end-of-turn cues started when the agent starts
-them -- Whisper on the utterance so far after 60 ms of silence, the Smart Turn model at
-each PAUSE -- and their verdicts reach the detector only after the time they really took
-(so a slow cue is as late here as in a call). Every END_OF_TURN is a decision the server would have acted on.
+them -- Whisper's interim transcripts while the user talks and its decode of the utterance
+so far after 60 ms of silence, queued on one Whisper thread as in the agent; the Smart
+Turn model at each PAUSE -- and their verdicts reach the detector only after the time
+they really took (so a slow cue is as late here as in a call). Every END_OF_TURN is a
+decision the server would have acted on.
 
 Two sets, reported apart (synthetic speech never enters the real-speech figures):
 ``real`` (:mod:`bench.real_speech`, recordings of people) and ``piper``
@@ -44,7 +46,7 @@ import numpy as np
 from bench.piper_speech import piper_utterances
 from bench.real_speech import Utterance, normalize_words, real_utterances, word_errors
 from parley.config import Settings
-from pipeline.agent.voice import SPECULATE_AFTER_FRAMES
+from pipeline.agent.voice import INTERIM_DUTY, INTERIM_EVERY_S, SPECULATE_AFTER_FRAMES
 from pipeline.audio import FRAME_10MS, RATE, resample
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.endpoint import from_settings
@@ -93,44 +95,107 @@ class Simulated:
         return (after[0] - self.utterance.end_s) * 1000 if after else None
 
 
-async def simulate(utt: Utterance, settings: Settings, stt: Any, smart: Any | None) -> Simulated:
-    """Run ``utt`` through the DSP chain and the turn detector with the live cues.
+@dataclass
+class Cue:
+    """A cue on its way to the detector: delivered at frame ``due``."""
 
-    The cues start when the agent starts them: Whisper after ``SPECULATE_AFTER_FRAMES`` of
-    silence (its transcript is thrown away at the next voiced frame, as the agent cancels
-    its speculation), Smart Turn at PAUSE.
-    """
+    due: int
+    kind: str  # "p" model verdict, "s" speculative transcript, "i" interim transcript
+    value: Any
+    at: tuple[int, int] | None = None  # interims: the detector's position when decoded
+
+
+class Listener:
+    """The agent's cues around one turn detector, on the agent's clock: one Whisper thread
+    that runs interims (every ``INTERIM_EVERY_S`` while the user talks, at most
+    ``INTERIM_DUTY`` of the thread) and the speculative decode (after
+    ``SPECULATE_AFTER_FRAMES`` of silence, thrown away at the next voiced frame) in turn,
+    and Smart Turn on its own thread at each PAUSE. Each decode really runs; its result
+    reaches the detector after the time it took, queued behind the one before."""
+
+    def __init__(self, turns: TurnDetector, stt: Any, smart: Any | None, result: Simulated) -> None:
+        self.turns, self.stt, self.smart, self.result = turns, stt, smart, result
+        self.cues: list[Cue] = []
+        self.stt_free = 0  # frame at which the Whisper thread is free again
+        self.silent = 0
+        self.last_interim = -1e9
+        self.interim_every = INTERIM_EVERY_S
+        self.interim_done = 0  # frame at which the last interim lands
+
+    def deliver(self, n: int) -> None:
+        for cue in [c for c in self.cues if c.due <= n]:
+            self.cues.remove(cue)
+            if cue.kind == "p":
+                self.turns.hint_probability(cue.value)
+            elif self.turns.in_speech:
+                self.turns.hint_transcript(cue.value, cue.at)
+
+    async def on_frame(self, n: int, speaking: bool) -> None:
+        if not self.turns.in_speech:
+            self.silent = 0
+            return
+        self.silent = 0 if speaking else self.silent + 1
+        if speaking:
+            self.cues = [c for c in self.cues if c.kind != "s"]
+            if n * 0.01 - self.last_interim >= self.interim_every and self.interim_done <= n:
+                await self._interim(n)
+        elif self.silent == SPECULATE_AFTER_FRAMES:
+            text, lands = await self._decode(n, final=True)
+            self.cues.append(Cue(lands, "s", text))
+
+    def on_end(self) -> None:
+        """End of turn: the speculative transcript becomes the turn's, no longer a cue."""
+        self.cues = [c for c in self.cues if c.kind != "s"]
+
+    async def on_pause(self, n: int, audio: np.ndarray) -> None:
+        if self.smart is None:
+            return
+        started = time.perf_counter()
+        p = await self.smart.complete_probability(resample(audio, RATE, 16000).astype(np.float32) / 32768.0)
+        self.cues.append(Cue(n + int((time.perf_counter() - started) * 100) + 1, "p", p))
+
+    async def _interim(self, n: int) -> None:
+        self.last_interim = n * 0.01
+        at, audio = self.turns.position(), self.turns.utterance()
+        if audio.size < 4800:
+            return
+        text, lands = await self._decode(n, final=False, audio=audio)
+        self.interim_done = lands
+        self.interim_every = max(INTERIM_EVERY_S, (lands - n) * 0.01 / INTERIM_DUTY)
+        if text:
+            self.cues.append(Cue(lands, "i", text, at))
+
+    async def _decode(self, n: int, *, final: bool, audio: np.ndarray | None = None) -> tuple[str, int]:
+        """(text, frame it lands at): it starts when the Whisper thread is free."""
+        started = time.perf_counter()
+        text: str = await self.stt.transcribe(self.turns.utterance() if audio is None else audio, final=final)
+        took_s = time.perf_counter() - started
+        if final:
+            self.result.stt_ms.append(took_s * 1000)
+        self.stt_free = max(n, self.stt_free) + int(took_s * 100) + 1
+        return text, self.stt_free
+
+
+async def simulate(utt: Utterance, settings: Settings, stt: Any, smart: Any | None) -> Simulated:
+    """Run ``utt`` through the DSP chain and the turn detector with the live cues
+    (:class:`Listener`)."""
     chain = DspChain(settings)
     turns = TurnDetector(endpoint=from_settings(settings), confirm_ms=settings.barge_in_min_ms)
     lag = chain.latency_ms / 1000
-    pending: list[tuple[int, str, Any]] = []
     result = Simulated(utt)
-    silent = 0
+    listener = Listener(turns, stt, smart if settings.turn_model == "smart-turn" else None, result)
     for n, i in enumerate(range(0, len(utt.pcm) - FRAME_10MS + 1, FRAME_10MS)):
-        for due in [p for p in pending if p[0] <= n]:
-            pending.remove(due)
-            (turns.hint_probability if due[1] == "p" else turns.hint_transcript)(due[2])
+        listener.deliver(n)
         out, meta = chain.process(utt.pcm[i : i + FRAME_10MS], n * 0.01)
         event = turns.push(out, meta)
-        silent = 0 if meta.is_speech or not turns.in_speech else silent + 1
-        if meta.is_speech:
-            pending = [p for p in pending if p[1] != "t"]
-        elif silent == SPECULATE_AFTER_FRAMES:
-            started = time.perf_counter()
-            text = await stt.transcribe(turns.utterance(), final=True)
-            elapsed_s = time.perf_counter() - started
-            pending.append((n + int(elapsed_s * 100) + 1, "t", text))
-            result.stt_ms.append(elapsed_s * 1000)
+        await listener.on_frame(n, meta.is_speech)
         if event is None or event.audio is None:
             continue
         if event.kind is TurnEventKind.END_OF_TURN:
             result.ends.append(TurnEnd(n * 0.01 + 0.01 - lag, event.audio))
-        elif event.kind is TurnEventKind.PAUSE and smart is not None and settings.turn_model == "smart-turn":
-            t0 = time.perf_counter()
-            audio16 = resample(event.audio, RATE, 16000).astype(np.float32) / 32768.0
-            p = await smart.complete_probability(audio16)
-            # the model thread runs beside STT: its verdict lands after its own time
-            pending.append((n + int((time.perf_counter() - t0) * 100) + 1, "p", p))
+            listener.on_end()
+        elif event.kind is TurnEventKind.PAUSE:
+            await listener.on_pause(n, event.audio)
     return result
 
 
