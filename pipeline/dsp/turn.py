@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.dsp.base import FRAME_MS, FrameMeta
-from pipeline.dsp.endpoint import EndpointConfig, silence_needed_ms
+from pipeline.dsp.endpoint import EndpointConfig, silence_needed_ms, transcript_cue
 
 ECHO_ONSET_PROBABILITY = 0.6
 
@@ -70,6 +70,7 @@ class TurnEvent:
     kind: TurnEventKind
     t: float  # monotonic time of the frame that decided it
     audio: np.ndarray | None = None  # the utterance (so far, for PAUSE)
+    why: str = ""  # END_OF_TURN: the cues that chose the wait (for the logs)
 
 
 class _State(enum.Enum):
@@ -164,8 +165,16 @@ class TurnDetector:
 
     def end_of_turn_wait_ms(self) -> int:
         """The silence that would end the turn now, from the cues that are still fresh."""
-        transcript = self._transcript if self._voiced_since_hint * FRAME_MS <= self.stale_ms else None
-        return silence_needed_ms(self.endpoint, self._probability, transcript)
+        return silence_needed_ms(self.endpoint, self._probability, self._fresh_transcript())
+
+    def _fresh_transcript(self) -> str | None:
+        return self._transcript if self._voiced_since_hint * FRAME_MS <= self.stale_ms else None
+
+    def _why(self) -> str:
+        """The cues behind the wait that just ended the turn, for the logs."""
+        p = "none" if self._probability is None else f"{self._probability:.2f}"
+        return (f"after {self._silence * FRAME_MS} ms of silence: model {p}, "
+                f"transcript {transcript_cue(self._fresh_transcript())}")
 
     def end_turn(self) -> TurnEvent | None:
         """End the current utterance now (the caller pressed ``#``); None when idle."""
@@ -283,9 +292,9 @@ class TurnDetector:
                 return TurnEvent(TurnEventKind.PAUSE, meta.t, self.utterance())
             return None
         keep = len(self._frames) - max(0, self._silence - 10)  # keep 100 ms of the silence
-        audio = np.concatenate(self._frames[:keep])
+        audio, why = np.concatenate(self._frames[:keep]), self._why()
         self._reset()
-        return TurnEvent(TurnEventKind.END_OF_TURN, meta.t, audio)
+        return TurnEvent(TurnEventKind.END_OF_TURN, meta.t, audio, why)
 
     def _reset(self, *, keep_audio: bool = False) -> None:
         if not keep_audio:

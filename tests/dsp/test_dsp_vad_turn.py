@@ -162,6 +162,9 @@ def test_end_of_turn_wait_combines_model_and_transcript(user_speech, rng, transc
     assert len(eot) == 1
     added_ms = (eot[0] - end) * 10
     assert low_ms <= added_ms <= high_ms, added_ms
+    why = next(e.why for _, e in events if e.kind is K.END_OF_TURN)  # what the logs say
+    assert ("model none" if probability is None else f"model {probability:.2f}") in why, why
+    assert f"transcript {transcript_cue(transcript)}" in why, why
 
 
 def test_transcript_cues() -> None:
