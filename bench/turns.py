@@ -47,7 +47,7 @@ import numpy as np
 from bench.piper_speech import piper_utterances
 from bench.real_speech import Utterance, normalize_words, real_utterances, word_errors
 from parley.config import Settings
-from pipeline.agent.voice import INTERIM_DUTY, INTERIM_EVERY_S, SPECULATE_AFTER_FRAMES
+from pipeline.agent.voice import INTERIM_EVERY_S, SPECULATE_AFTER_FRAMES, next_interim_after
 from pipeline.audio import FRAME_10MS, RATE, resample
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.endpoint import from_settings
@@ -162,7 +162,7 @@ class Listener:
             return
         text, lands = await self._decode(n, final=False, audio=audio)
         self.interim_done = lands
-        self.interim_every = max(INTERIM_EVERY_S, (lands - n) * 0.01 / INTERIM_DUTY)
+        self.interim_every = next_interim_after(INTERIM_EVERY_S, (lands - n) * 0.01)
         if text:
             self.cues.append(Cue(lands, "i", text, at))
 

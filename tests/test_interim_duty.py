@@ -1,8 +1,9 @@
 """Interim transcripts (``stt-interim``) get at most ``INTERIM_DUTY`` of the Whisper thread:
 when the user stops, the end-of-turn decode waits behind the interim still running, so
 interims every 0.4 s on a 0.5 s decode put ~160 ms of STT after every end of turn
-(docs/architecture.md, latency budget). A voice agent on the real DSP chain and the local
-Whisper; its STT calls are timed on their way through."""
+(docs/architecture.md, latency budget). A voice agent, and a room speaker's pipeline (whose
+end-of-turn decode queues behind every speaker's interims), on the real DSP chain and the
+local Whisper; their STT calls are timed on their way through."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from media_server.agent_track import AgentTrack
 from parley.config import Settings
 from personas import load_personas
 from pipeline.agent import AgentContext, VoiceAgent
+from pipeline.agent.room import SpeakerPipeline
 from pipeline.agent.voice import INTERIM_DUTY
 from pipeline.audio import RATE
+from pipeline.backends import registry
 from pipeline.services import Services
 from tests.fake_openai import FakeOpenAI
+from tests.rooms.test_room_vocabulary import Transcripts
 from tests.test_cloud_call import KEY
 from tests.test_speculative_reply import feed
 
@@ -74,3 +78,19 @@ async def test_interims_leave_whisper_mostly_free(llm: FakeOpenAI, tmp_path: Pat
     finally:
         await agent.close()
         await services.close()
+
+
+async def test_a_room_speakers_interims_leave_whisper_mostly_free(tmp_path: Path,
+                                                                   speech: Callable[..., np.ndarray]) -> None:
+    settings = Settings(data_dir=str(tmp_path), stt="local", turn_model="silence")
+    timed = TimedSTT(registry.get("stt", "local", settings))
+    heard = Transcripts()
+    pipeline = SpeakerPipeline("p1", "Ann", settings, timed, heard)  # type: ignore[arg-type]
+    try:
+        talk = speech(SENTENCE)
+        await feed(pipeline, talk, 0.0)  # type: ignore[arg-type]
+        talked_s = talk.size / RATE
+        assert len(timed.interims) >= 2 and heard.interims, timed.interims
+        assert sum(timed.interims) <= INTERIM_DUTY * talked_s + max(timed.interims), (timed.interims, talked_s)
+    finally:
+        await pipeline.close()

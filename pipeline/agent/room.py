@@ -26,7 +26,7 @@ import numpy as np
 from parley.config import Settings
 from pipeline.agent.base import AgentContext, Emit, Speaker
 from pipeline.agent.floor import Floor, Verdict, addressed_prompt, parse_yes, spoken_name
-from pipeline.agent.voice import VoiceAgent
+from pipeline.agent.voice import VoiceAgent, next_interim_after
 from pipeline.backends.base import STT, GenerationParams, Message, Vocabulary
 from pipeline.dsp.chain import DspChain
 from pipeline.dsp.turn import TurnEvent, TurnEventKind
@@ -35,7 +35,9 @@ from pipeline.tasks import TaskRegistry
 
 logger = logging.getLogger(__name__)
 
-INTERIM_EVERY_S = 1.0  # a room shares one Whisper among several speakers: interims sparser
+#: a room shares one Whisper among several speakers: interims sparser than in a call, and
+#: each speaker's at most ``INTERIM_DUTY`` of the thread (``next_interim_after``)
+INTERIM_EVERY_S = 1.0
 
 
 def room_vocabulary(persona_name: str) -> Vocabulary:
@@ -73,6 +75,7 @@ class SpeakerPipeline:
         # the end-of-turn model on each pause, as in a call (shared model, per-speaker state)
         self.pause_judge = PauseJudge(turn_model, self.turns, self.tasks, log_prefix)
         self._last_interim = 0.0
+        self._interim_every = INTERIM_EVERY_S  # grows when decodes are slow
         self._interim: asyncio.Task[None] | None = None
         self.turn_started = 0.0  # when the current (or last) utterance began (monotonic)
 
@@ -87,7 +90,7 @@ class SpeakerPipeline:
             self.hooks.turn_event(self, event)
             if event.kind is TurnEventKind.END_OF_TURN and event.audio is not None:
                 self.tasks.spawn(self._final(event.audio), "stt-final")
-        elif self.turns.in_speech and meta.is_speech and t - self._last_interim >= INTERIM_EVERY_S:
+        elif self.turns.in_speech and meta.is_speech and t - self._last_interim >= self._interim_every:
             if self.stt is not None and (self._interim is None or self._interim.done()):
                 self._last_interim = t
                 self._interim = self.tasks.spawn(self._interim_transcript(), "stt-interim")
@@ -100,7 +103,9 @@ class SpeakerPipeline:
         at, audio = self.turns.position(), self.turns.utterance()
         if audio.size < 9600 or self.stt is None:
             return
+        started = time.monotonic()
         text = await self.stt.transcribe(audio, final=False, vocabulary=self.vocabulary)
+        self._interim_every = next_interim_after(INTERIM_EVERY_S, time.monotonic() - started)
         if text and self.turns.in_speech:
             self.turns.hint_transcript(text, at)
             self.hooks.transcript(self, text, False)

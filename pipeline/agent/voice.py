@@ -55,6 +55,14 @@ INTERIM_EVERY_S = 0.4  # re-decode the growing utterance this often while the us
 #: end-of-turn decode waits behind the interim still running (on a 2-core machine where a
 #: decode took 0.5 s, interims every 0.4 s put 164 ms of STT after the end of turn, p50)
 INTERIM_DUTY = 0.25
+
+
+def next_interim_after(floor_s: float, took_s: float) -> float:
+    """Seconds before the next interim: ``floor_s``, or longer when the last one took more
+    than ``INTERIM_DUTY`` of that (calls and room speakers alike)."""
+    return max(floor_s, took_s / INTERIM_DUTY)
+
+
 SPECULATE_AFTER_FRAMES = 6  # 60 ms of silence: decode the utterance as if it had ended
 
 
@@ -221,7 +229,7 @@ class VoiceAgent(Agent):
             return
         started = time.monotonic()
         text = await self.stt.transcribe(audio, final=False)
-        self._interim_every = max(INTERIM_EVERY_S, (time.monotonic() - started) / INTERIM_DUTY)
+        self._interim_every = next_interim_after(INTERIM_EVERY_S, time.monotonic() - started)
         if text and self.turns.in_speech:
             self.emit(events.stt_interim(text))
             self.turns.hint_transcript(text, at)

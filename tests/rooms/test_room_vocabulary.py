@@ -50,17 +50,17 @@ async def test_the_persona_name_is_heard_with_the_vocabulary(stt: STT, name: str
 
 
 class Transcripts:
-    """The room side of one pipeline: its final transcripts."""
+    """The room side of one pipeline: its final and interim transcripts."""
 
     def __init__(self) -> None:
         self.finals: list[str] = []
+        self.interims: list[str] = []
 
     def turn_event(self, pipeline: SpeakerPipeline, event: TurnEvent) -> None:
         return None
 
     def transcript(self, pipeline: SpeakerPipeline, text: str, final: bool) -> None:
-        if final:
-            self.finals.append(text)
+        (self.finals if final else self.interims).append(text)
 
 
 async def test_a_room_speaker_is_transcribed_with_the_agents_name(stt: STT, tmp_path: Path) -> None:
