@@ -49,7 +49,7 @@ async def test_a_pause_at_a_comma_gets_one_reply_to_the_whole_sentence(url: str)
     assert result["premature_replies"] == 0, (utterance.pauses, timeline)
     assert kinds.count("tts-start") == 1 and kinds.count("llm-done") == 1, kinds
     # words from both sides of the pause in one transcript (tiny.en sometimes mishears the last one)
-    assert {"yourself", "lock"} <= words(result["transcript"]), result["transcript"]
+    assert {"yourself", "lock"} <= words(result["transcript"]), (result["transcript"], timeline)
     assert len(final_transcripts(events)) == 1, events  # a withdrawn turn's transcript does not stand
     assert result["reply_text"]
 
