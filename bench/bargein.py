@@ -21,8 +21,14 @@ have eaten our phone system").
   nobody talking over them; every ``interrupted`` / ``turn-resumed`` is a
   self-interruption -- unless it came while the question was still being said (a reply
   begun in one of its pauses and cut by its next words: counted as ``cut_by_the_question``).
+* **first reply** rows: every trial in a call of its own, on the call's first reply --
+  before the echo canceller has converged, when only the double-talk detector can vouch
+  for the user (``pipeline.dsp.doubletalk``).
 
-Two rows: the server's defaults, and ``PARLEY_DOUBLE_TALK=1``.
+Rows: the server's defaults (barge-in and echo-only calls, as above); first replies with
+the echo, and with none (``headphones``: no loudspeaker path, or a client with its own echo
+cancellation), with the defaults and with ``PARLEY_DOUBLE_TALK=1`` (the double-talk
+detector on).
 """
 
 from __future__ import annotations
@@ -50,7 +56,16 @@ ECHO_DB = -8.0
 ECHO_DELAY_MS = 120.0
 QUESTIONS = ("vm-sorry", "conf-onlyperson", "vm-nobodyavail", "demo-nomatch")
 INTERJECTION = "tt-weasels"
-ROWS = {"default": {}, "double-talk": {"PARLEY_DOUBLE_TALK": "1"}}
+DT = {"PARLEY_DOUBLE_TALK": "1"}
+#: row name -> (server environment, echo level in the client's mic (None: no echo), every
+#: trial on a call's first reply)
+ROWS: dict[str, tuple[dict[str, str], float | None, bool]] = {
+    "default": ({}, ECHO_DB, False),
+    "first reply": ({}, ECHO_DB, True),
+    "first reply, double-talk": (DT, ECHO_DB, True),
+    "first reply, headphones": ({}, None, True),
+    "first reply, headphones, double-talk": (DT, None, True),
+}
 REPLY_TIMEOUT_S = 60.0
 MISS_MS = 1500.0  # where the plot draws a barge-in that never came
 SETTLE_S = 2.0  # after a reply, the echo's tail and any late event
@@ -90,6 +105,15 @@ async def _ask(client: CallClient, question: Voice) -> float:
     client.say(question.pcm)
     await client.wait_event(lambda e: e["type"] == "tts-start", timeout=REPLY_TIMEOUT_S, since=since)
     return next(t for t, e in _events(client, since) if e["type"] == "tts-start")
+
+
+async def _question(client: CallClient, question: Voice, offset: float, skipped: list[dict[str, Any]]) -> float | None:
+    """:func:`_ask`; None, noted in ``skipped``, when no reply came."""
+    try:
+        return await _ask(client, question)
+    except TimeoutError:
+        skipped.append({"offset_s": offset, "skipped": "no reply to the question"})
+        return None
 
 
 def _reply_over(client: CallClient, since: float) -> bool:
@@ -139,6 +163,10 @@ async def _trial(client: CallClient, t_start: float, offset: float, interjection
     }
 
 
+def _report(offset: float, trial: dict[str, Any]) -> None:
+    print(f"   offset {offset} s: {json.dumps({k: v for k, v in trial.items() if k != 'timeline'})}", flush=True)
+
+
 def ended_by_itself(trial: dict[str, Any]) -> bool:
     """The reply finished on its own as the user began (its audio over within 100 ms of the
     onset, ``tts-end``, neither ``interrupted`` nor ``turn-resumed``): no barge-in to measure."""
@@ -158,10 +186,11 @@ def _runs(client: CallClient, since: float, until: float, origin: float) -> list
 
 
 @contextlib.asynccontextmanager
-async def _call(url: str) -> AsyncIterator[CallClient]:
-    """A connected echo-path client; a node still tearing down the last call says 503 busy."""
+async def _call(url: str, echo_db: float | None) -> AsyncIterator[CallClient]:
+    """A connected client (echo path at ``echo_db``, None: none); a node still tearing down
+    the last call says 503 busy."""
     for attempt in range(10):
-        client = CallClient(url, "socrates", echo_db=ECHO_DB, echo_delay_ms=ECHO_DELAY_MS)
+        client = CallClient(url, "socrates", echo_db=echo_db, echo_delay_ms=ECHO_DELAY_MS)
         try:
             await client.connect()
         except RuntimeError as exc:
@@ -177,25 +206,23 @@ async def _call(url: str) -> AsyncIterator[CallClient]:
         return
 
 
-async def _bargein_call(url: str, per_offset: int, questions: list[Voice], interjection: Voice) -> dict[str, Any]:
+async def _bargein_call(url: str, echo_db: float | None, per_offset: int, questions: list[Voice],
+                        interjection: Voice) -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []  # replies too short for their offset, or over at the onset
     plan = [offset for _ in range(per_offset) for offset in OFFSETS_S]
-    async with _call(url) as client:
+    async with _call(url, echo_db) as client:
         t_reply: float | None = None
         attempts = 0
         while plan and attempts < 3 * len(OFFSETS_S) * per_offset + 3:
             attempts += 1
             if t_reply is None:
-                try:
-                    t_reply = await _ask(client, questions[attempts % len(questions)])
-                except TimeoutError:
-                    skipped.append({"offset_s": plan[0], "skipped": "no reply to the question"})
+                t_reply = await _question(client, questions[attempts % len(questions)], plan[0], skipped)
+                if t_reply is None:
                     continue
             trial = await _trial(client, t_reply, plan[0], interjection)
             t_reply = trial.pop("next_reply", None)
-            print(f"   offset {plan[0]} s: {json.dumps({k: v for k, v in trial.items() if k != 'timeline'})}",
-                  flush=True)
+            _report(plan[0], trial)
             if ended_by_itself(trial):
                 trial["skipped"] = "reply ended by itself at the onset"
             if "skipped" not in trial:
@@ -211,6 +238,31 @@ async def _bargein_call(url: str, per_offset: int, questions: list[Voice], inter
     return {"trials": trials, "skipped": skipped, "echo_measured_db": None if echo_db is None else round(echo_db, 1)}
 
 
+async def _first_reply_calls(url: str, echo_db: float | None, per_offset: int, questions: list[Voice],
+                             interjection: Voice) -> dict[str, Any]:
+    """Each trial in a fresh call, on its first reply; a reply over before its offset is
+    tried again in a new call, with the next question."""
+    trials: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    plan = [offset for _ in range(per_offset) for offset in OFFSETS_S]
+    for attempt in range(3 * len(plan)):
+        if not plan:
+            break
+        async with _call(url, echo_db) as client:
+            t_reply = await _question(client, questions[attempt % len(questions)], plan[0], skipped)
+            if t_reply is None:
+                continue
+            trial = await _trial(client, t_reply, plan[0], interjection)
+        trial.pop("next_reply", None)
+        _report(plan[0], trial)
+        if "skipped" in trial or ended_by_itself(trial):
+            skipped.append(trial)
+            continue
+        trials.append({**trial, "first_reply_of_call": True})
+        plan.pop(0)
+    return {"trials": trials, "skipped": skipped, "echo_measured_db": None}
+
+
 async def _settle(client: CallClient, timeout: float = REPLY_TIMEOUT_S) -> None:
     """Wait until the agent is silent (its reply over) and the echo's tail has died."""
     for _ in range(int(timeout / 0.1)):
@@ -221,8 +273,10 @@ async def _settle(client: CallClient, timeout: float = REPLY_TIMEOUT_S) -> None:
 
 
 async def _echo_call(url: str, replies: int, questions: list[Voice]) -> dict[str, Any]:
-    rows = []
-    async with _call(url) as client:
+    rows: list[dict[str, Any]] = []
+    if not replies:  # a row without echo: nothing to take for the user
+        return {"replies": rows, "echo_measured_db": None}
+    async with _call(url, ECHO_DB) as client:
         for i in range(replies):
             question, since = questions[i % len(questions)], time.monotonic()
             playback = client.say(question.pcm)
@@ -295,9 +349,11 @@ def summarize(barge: dict[str, Any], echo: dict[str, Any], per_offset: int, echo
     }
 
 
-async def _row(url: str, per_offset: int, echo_replies: int) -> dict[str, Any]:
+async def _row(url: str, echo_db: float | None, first_replies: bool, per_offset: int,
+               echo_replies: int) -> dict[str, Any]:
     questions, interjection = [Voice(q) for q in QUESTIONS], Voice(INTERJECTION)
-    barge = await _bargein_call(url, per_offset, questions, interjection)
+    trials = _first_reply_calls if first_replies else _bargein_call
+    barge = await trials(url, echo_db, per_offset, questions, interjection)
     echo = await _echo_call(url, echo_replies, questions)
     return {"bargein": barge, "echo": echo, "summary": summarize(barge, echo, per_offset, echo_replies),
             "voices_dbfs": {v.name: v.dbfs for v in [*questions, interjection]}}
@@ -306,10 +362,11 @@ async def _row(url: str, per_offset: int, echo_replies: int) -> dict[str, Any]:
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     per_offset, echo_replies = (1, 2) if quick else (5, 5)
     rows = {}
-    for name, env in ROWS.items():
+    for name, (env, echo_db, first_replies) in ROWS.items():
         print(f"== row {name}", flush=True)
         with parley_servers(1, {"PARLEY_PERSONA": "socrates", **env}) as urls:
-            rows[name] = asyncio.run(_row(urls[0], per_offset, echo_replies))
+            rows[name] = asyncio.run(_row(urls[0], echo_db, first_replies, per_offset,
+                                          0 if first_replies else echo_replies))
     result = {
         "targets": {"interrupted_ms": TARGET_INTERRUPTED_MS, "stopped_ms": TARGET_STOPPED_MS,
                     "self_interruptions": 0},
@@ -331,7 +388,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, len(rows), figsize=(5.5 * len(rows), 4), squeeze=False)
-    for ax, (name, row) in zip(axes[0], rows.items(), strict=True):
+    for ax, (name, row) in zip(axes[0], rows.items(), strict=True):  # one panel per row
         trials = [t for t in row["bargein"]["trials"] if not ended_by_itself(t)]
         series = (("interrupted_ms", "o", TARGET_INTERRUPTED_MS), ("stopped_ms", "x", TARGET_STOPPED_MS))
         for key, marker, target in series:
@@ -343,9 +400,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("after the interjection's voice onset (ms)")
         ax.set_ylim(-100, MISS_MS + 100)
         s = row["summary"]
-        ax.set_title(f"{name}: echo alone interrupted {s['self_interrupted_replies']} of {s['echo_replies']} replies")
+        ax.set_title(f"{name}: echo alone interrupted {s['self_interrupted_replies']} of {s['echo_replies']} replies"
+                     if s["echo_replies"] else name)
         ax.legend(fontsize="small")
-    fig.suptitle(f"Barge-in by a real voice, echo {ECHO_DB:g} dB in the mic (client-measured)")
+    fig.suptitle(f"Barge-in by a real voice, echo {ECHO_DB:g} dB in the mic or none (client-measured)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -200,8 +200,10 @@ async def simulate(utt: Utterance, settings: Settings, stt: Any, smart: Any | No
     return result
 
 
-def _merged_turns(sim: Simulated, grace_s: float) -> list[np.ndarray]:
-    """Turn audio as the agent keeps it: a premature end merges into the resumed turn."""
+def _merged_turns(sim: Simulated) -> list[np.ndarray]:
+    """Turn audio as the agent keeps it: a premature end merges into the resumed turn (the
+    agent merges when the user resumes within ``PARLEY_TURN_GRACE_MS`` of the reply's start,
+    1.5 s; every pause in the sets is shorter)."""
     turns: list[np.ndarray] = []
     carry: list[np.ndarray] = []
     for end in sim.ends:
@@ -235,12 +237,12 @@ def _deletions(reference: list[str], hypothesis: list[str]) -> int:
     return deleted
 
 
-async def score(sim: Simulated, stt: Any, offline_stt: Any, grace_s: float) -> dict[str, Any]:
+async def score(sim: Simulated, stt: Any, offline_stt: Any) -> dict[str, Any]:
     """Transcripts through the call (merged and split) against offline -- the same model
     with Whisper's own 30 s window (``offline_stt``) on the whole recording."""
     utt = sim.utterance
     offline = await offline_stt.transcribe(utt.pcm, final=True)
-    merged = [await stt.transcribe(a, final=True) for a in _merged_turns(sim, grace_s)]
+    merged = [await stt.transcribe(a, final=True) for a in _merged_turns(sim)]
     split = [await stt.transcribe(e.audio, final=True) for e in sim.ends]
     call_text, split_text = " ".join(t for t in merged if t), " ".join(t for t in split if t)
     return {
@@ -290,7 +292,7 @@ async def evaluate(utterances: list[Utterance], mode: str, stt: Any, offline_stt
     rows = []
     for n, utt in enumerate(utterances, 1):
         sim = await simulate(utt, settings, stt, smart)
-        rows.append(await score(sim, stt, offline_stt, settings.turn_grace_ms / 1000))
+        rows.append(await score(sim, stt, offline_stt))
         print(f"turns: {mode} {n}/{len(utterances)} {utt.name}: {rows[-1]['premature']} premature, "
               f"latency {rows[-1]['latency_ms']} ms", file=sys.stderr, flush=True)
     return rows

@@ -94,7 +94,7 @@ class Settings:
     sip_users: str = _setting("", "PARLEY_SIP_USERS", "digest auth for inbound INVITEs: user:password,…; empty = no auth")
     sip_allow: str = _setting("", "PARLEY_SIP_ALLOW", "source networks allowed to send SIP (comma-separated CIDRs); empty = any")
     sip_ring_ms: int = _setting(0, "PARLEY_SIP_RING_MS", "ringing (180) before the agent answers an inbound SIP call, in ms")
-    double_talk: int = _setting(0, "PARLEY_DOUBLE_TALK", "1 = while the echo canceller is still learning (a call's first ~1.5 s of agent speech), frames the double-talk detector vouches for count as the user (barge-in, and their words kept); 0 = they are ignored, as a loud distorting loudspeaker can still fool it (docs/turns.md)")
+    double_talk: int = _setting(0, "PARLEY_DOUBLE_TALK", "1 = while the echo canceller is still learning (a call's first ~1.5 s of agent speech), frames the double-talk detector vouches for count as the user (barge-in, and their words kept); 0 = they are ignored: no barge-in then; off by default, as with a loudspeaker echo in a live call it still paused the agent on its own voice (docs/turns.md)")
     aec: str = _setting("numpy", "PARLEY_AEC", "echo canceller: numpy | apm | off")
     rnnoise_kernel: str = _setting("int8", "PARLEY_RNNOISE_KERNEL", "RNNoise's network: int8 (AVX2 kernel built by make; the float path where it cannot run) | float (the pyrnnoise wheel's own); one per process")
     dsp_url: str = _setting("", "PARLEY_DSP_URL", "host:port of a `parley dsp-serve` audio-processing service to run the DSP chain; empty = in process")

@@ -5,18 +5,15 @@ turn, and words said while the agent starts talking are not lost."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
 from parley.call.caller import final_transcripts, run_turn
 from parley.call.client import CallClient
-from parley.config import Settings
 from pipeline.audio import RATE
-from tests.conftest import real_utterance, start_server
+from tests.conftest import real_utterance
 
 real_speech = pytest.importorskip("bench.real_speech")
 pytestmark = pytest.mark.models
@@ -54,20 +51,11 @@ async def test_a_pause_at_a_comma_gets_one_reply_to_the_whole_sentence(url: str)
     assert result["reply_text"]
 
 
-@pytest.fixture
-async def double_talk_url(settings: Settings) -> AsyncIterator[str]:
-    runner, url = await start_server(dataclasses.replace(settings, double_talk=1))
-    try:
-        yield url
-    finally:
-        await runner.cleanup()
-
-
-async def test_words_said_in_the_agents_first_second_reach_the_transcript(double_talk_url: str) -> None:
+async def test_words_said_in_the_agents_first_second_reach_the_transcript(url: str) -> None:
     """The user speaks 0.4 s after the call's first reply starts to play: before the echo
     canceller could know the echo path. Every word must reach a transcript."""
     question, interjection = voice("vm-sorry"), voice("tt-weasels")
-    async with CallClient(double_talk_url, "socrates") as client:
+    async with CallClient(url, "socrates") as client:
         since = time.monotonic()
         client.say(question)
         await client.wait_event(lambda e: e["type"] == "tts-start", timeout=90, since=since)

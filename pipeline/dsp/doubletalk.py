@@ -10,7 +10,10 @@ up to two seconds. This detector needs no adaptive filter, only a bound on the e
   estimated delay once the delay tracker has one), times the path's gain;
 * the gain per band is learnt from far-end-only frames -- a high percentile of the ratio
   mic / far-end envelope while the far end is active and no double talk is flagged --
-  starting from a conservative prior (the echo as loud as the far end);
+  starting from a conservative prior (the echo as loud as the far end). A quiet mic frame
+  teaches "little echo" only while no echo has been heard at all (headphones) or when the
+  far end was active over the whole delay window: otherwise it may be the echo of a pause
+  between the agent's words;
 * a frame is double talk when enough bands stand well above that bound: the user's voice
   has energy where and when the agent's had none.
 
@@ -82,6 +85,7 @@ class DoubleTalkDetector:
         self._no_learn = 0  # frames left before learning resumes after double talk
         self._above = 0  # consecutive frames above the bound
         self._far_run = 0  # frames since the far end became active (the reply began)
+        self._echo_heard = False  # an audible mic frame over the far end, not double talk
         self.gain_db = np.full(len(self._band_energy.bands), PRIOR_GAIN_DB)
 
     def push_far(self, far: np.ndarray) -> None:
@@ -120,7 +124,8 @@ class DoubleTalkDetector:
         # longest delay while unknown): earlier frames would teach "no echo" too soon. A
         # quiet mic then is evidence too: headphones, or a client cancelling its own echo.
         settled = self._far_run > (lag_frames if lag_frames is not None else WINDOW_FRAMES - 8) + 2
-        if active and settled and not above and self._no_learn == 0:
+        self._echo_heard |= active and audible and not above
+        if active and settled and not above and self._no_learn == 0 and self._tells_the_gain(audible):
             self._learn(ratio_db)
         self._no_learn = max(0, self._no_learn - 1)
         if double_talk:
@@ -128,6 +133,15 @@ class DoubleTalkDetector:
             return True
         self._hold = max(0, self._hold - 1)
         return self._hold > 0
+
+    def _tells_the_gain(self, audible: bool) -> bool:
+        """Does this far-active, echo-only mic frame say how loud the echo is? An audible one
+        does. A quiet one does only when no echo has been heard yet in the call (headphones,
+        a client cancelling its own echo) or the far end was active in every frame its echo
+        may come from: otherwise it may be the echo of a pause between the agent's words --
+        learnt as "no echo", the next word's echo stood 30 dB over the bound and paused the
+        agent in a live call (tests/test_echo_leak.py)."""
+        return audible or not self._echo_heard or bool(self._far_level.min() > FAR_ACTIVE_DB)
 
     def _learn(self, ratio_db: np.ndarray) -> None:
         self._ratios.append(ratio_db)
