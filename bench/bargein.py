@@ -67,7 +67,7 @@ ROWS: dict[str, tuple[dict[str, str], float | None, bool]] = {
     "first reply, headphones, double-talk": (DT, None, True),
 }
 REPLY_TIMEOUT_S = 60.0
-MISS_MS = 1500.0  # where the plot draws a barge-in that never came
+MISS_MS = 2500.0  # where the plot draws a barge-in that never came (first replies take up to ~2 s)
 SETTLE_S = 2.0  # after a reply, the echo's tail and any late event
 QUESTION_REACH_S = 0.6  # the question's last words can still confirm a barge-in this much later
 
